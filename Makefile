@@ -1,0 +1,25 @@
+# wsi-tumor: the README names these targets. Each one sets the machine up first (idempotent).
+VENV   := .venv
+PYTHON := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test lint demo bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+lint: setup
+	$(VENV)/bin/ruff check src tests training export client benchmarks
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	@bash scripts/demo.sh
+
+bench: setup
+	$(PYTHON) benchmarks/run_benchmarks.py
+
+clean:
+	rm -rf $(VENV) .triton .pytest_cache .mypy_cache .ruff_cache demo_output

@@ -1,0 +1,94 @@
+"""The single source of the constants every stage agrees on.
+
+Geometry: locations are (x, y) in level-0 pixels, sizes are (w, h), arrays are (H, W, C),
+and probability maps are (rows, cols) = (y, x) at the mask level.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+# --- patches -----------------------------------------------------------------------------
+PATCH_SIZE: Final = 224
+"""Side of the square RGB patch the network classifies, in pixels at the inference level."""
+CHANNELS: Final = 3
+INFERENCE_LEVEL: Final = 0
+"""Pyramid level patches are read from (level 0, about 0.243 um/px on CAMELYON16)."""
+
+# --- inference grid -------------------------------------------------------------------------
+MASK_LEVEL: Final = 6
+"""Level of the tissue mask and the probability map: one patch per mask cell."""
+PATCH_STRIDE: Final = 2**MASK_LEVEL
+"""Level-0 pixels between neighbouring patch centres (one mask cell)."""
+REGION_CELLS: Final = 8
+"""Default k: a region sent to the ensemble covers k x k mask cells."""
+
+
+def region_size(cells: int) -> int:
+    """Side in level-0 pixels of a region covering ``cells`` x ``cells`` patch centres."""
+    return PATCH_SIZE + (cells - 1) * PATCH_STRIDE
+
+
+def cell_patch_origin(col: int, row: int) -> tuple[int, int]:
+    """Level-0 (x, y) top-left of the patch centred in mask cell (col, row).
+
+    The centre is ((col + 0.5) * stride, (row + 0.5) * stride), as MONAI's
+    ``MaskedPatchWSIDataset(mask_level=6, patch_size=224)`` places it.
+    """
+    half = PATCH_SIZE // 2
+    return (
+        col * PATCH_STRIDE + PATCH_STRIDE // 2 - half,
+        row * PATCH_STRIDE + PATCH_STRIDE // 2 - half,
+    )
+
+
+# --- training grid (MONAI bundle / NCRF) -------------------------------------------------
+GRID_CELL: Final = 256
+"""Side of one training grid cell at level 0; the patch is its centre 224 x 224 crop."""
+GRID_SHAPE: Final = 3
+"""The training region is GRID_SHAPE x GRID_SHAPE cells (768 x 768 at level 0)."""
+TRAIN_REGION: Final = GRID_CELL * GRID_SHAPE
+
+# --- intensity ----------------------------------------------------------------------------
+INTENSITY_IN: Final = (0.0, 255.0)
+INTENSITY_OUT: Final = (-1.0, 1.0)
+
+
+def normalise(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """Scale uint8 intensities from [0, 255] to [-1, 1] as the MONAI bundle's training does.
+
+    Same arithmetic as ``ScaleIntensityRange(a_min=0, a_max=255, b_min=-1, b_max=1)``.
+    Works on any layout; the caller transposes HWC to CHW.
+    """
+    import numpy as np
+
+    lo, hi = INTENSITY_IN
+    out_lo, out_hi = INTENSITY_OUT
+    scaled = (pixels.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo)
+    return scaled * np.float32(out_hi - out_lo) + np.float32(out_lo)
+
+
+# --- slides ---------------------------------------------------------------------------------
+DEFAULT_MPP: Final = 0.243
+"""CAMELYON16 level-0 resolution in microns per pixel, used when FROC needs a fallback."""
+
+# --- Triton model repository ----------------------------------------------------------------
+CLASSIFIER_MODEL: Final = "tumor_classifier"
+TILER_MODEL: Final = "patch_tiler"
+ASSEMBLER_MODEL: Final = "grid_assembler"
+ENSEMBLE_MODEL: Final = "tumor_detector"
+
+PATCHES_TENSOR: Final = "patches"
+"""FP32 [P, 3, 224, 224], normalised: the classifier's input, the tiler's output."""
+PROBABILITIES_TENSOR: Final = "probabilities"
+"""FP32 [P, 1]: sigmoid of the network's logit, the classifier's output."""
+REGIONS_TENSOR: Final = "regions"
+"""UINT8 [N, H, W, 3] with H = W = region_size(k): the ensemble's image input."""
+CELL_MASK_TENSOR: Final = "cell_mask"
+"""BOOL [N, k, k]: which patch centres of each region to classify."""
+GRID_TENSOR: Final = "probability_grid"
+"""FP32 [N, k, k]: the ensemble's output, 0 where the mask is off."""

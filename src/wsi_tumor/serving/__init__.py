@@ -1,0 +1,1 @@
+"""Numpy-only serving logic used by the Triton model.py adapters, and the local server."""

@@ -1,0 +1,199 @@
+"""Start and stop a real local ``tritonserver`` process on free ports.
+
+Used by the client's embedded mode (no ``--url``), by the benchmarks and by the test
+fixtures. The server runs in its own process group, so stopping it also ends the Python
+backend stub processes it spawned, even when the caller failed half-way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from wsi_tumor.errors import ServerError
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 20.0
+
+
+def find_tritonserver() -> Path:
+    """Locate the tritonserver launcher: $TRITONSERVER, then PATH, then this venv's bin.
+
+    Raises:
+        ServerError: when none exists (run ``make setup``).
+    """
+    candidates = [os.environ.get("TRITONSERVER"), shutil.which("tritonserver")]
+    candidates.append(str(Path(sys.prefix) / "bin" / "tritonserver"))
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    raise ServerError(
+        "tritonserver not found on PATH, in $TRITONSERVER or in "
+        f"{Path(sys.prefix) / 'bin'}: run `make setup` to install it"
+    )
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LocalTritonServer:
+    """A ``tritonserver`` child process serving ``repository`` on free local ports.
+
+    Use as a context manager; ``grpc_url``/``http_url`` are ``host:port`` strings for
+    tritonclient. The server's log is kept in ``log_path`` and quoted when start-up fails.
+
+    Args:
+        repository: Triton model repository directory.
+        ready_timeout_s: Seconds to wait for ``/v2/health/ready``.
+        extra_args: More ``tritonserver`` flags.
+        log_path: Where the server's stdout/stderr go (a temporary file by default).
+    """
+
+    repository: Path
+    ready_timeout_s: float = READY_TIMEOUT_S
+    extra_args: tuple[str, ...] = ()
+    log_path: Path | None = None
+    http_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def http_url(self) -> str:
+        """``127.0.0.1:PORT`` of the HTTP endpoint."""
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """``127.0.0.1:PORT`` of the gRPC endpoint."""
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def running(self) -> bool:
+        """Whether the child process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> LocalTritonServer:
+        """Start the server and block until it reports ready.
+
+        Raises:
+            ServerError: when the repository is missing, the binary is missing, the process
+                exits early, or it is not ready within ``ready_timeout_s``; the message
+                quotes the end of the server log.
+        """
+        repository = Path(self.repository)
+        if not repository.is_dir():
+            raise ServerError(f"{repository}: model repository directory does not exist")
+        binary = find_tritonserver()
+        if self.log_path is None:
+            handle, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
+            os.close(handle)
+            self.log_path = Path(name)
+        command = [
+            str(binary),
+            f"--model-repository={repository.resolve()}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-metrics=false",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            *self.extra_args,
+        ]
+        env = dict(os.environ)
+        # Python-backend models run under the first python3 on PATH: make it this interpreter.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        log.info("starting %s", " ".join(command))
+        with open(self.log_path, "wb") as log_file:
+            self._process = subprocess.Popen(
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        self._wait_ready()
+        log.info("tritonserver ready: grpc %s, http %s", self.grpc_url, self.http_url)
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        url = f"http://{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise ServerError(
+                    f"tritonserver exited with code {self._process_code()} while starting on "
+                    f"{self.repository}:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise ServerError(
+            f"tritonserver on {self.repository} not ready after {self.ready_timeout_s:.0f} s:\n"
+            f"{self.log_tail()}"
+        )
+
+    def _process_code(self) -> int | None:
+        return None if self._process is None else self._process.poll()
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the server log."""
+        if self.log_path is None or not self.log_path.exists():
+            return "(no server log)"
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def stop(self) -> None:
+        """Stop the server and its backend stubs (SIGTERM to the group, SIGKILL on timeout)."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        for sig, wait_s in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                process.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver did not stop on %s; escalating", sig.name)
+        # Stubs share the process group; make sure none outlives the server.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def __enter__(self) -> LocalTritonServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
