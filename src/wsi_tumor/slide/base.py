@@ -49,7 +49,10 @@ class SlideReader(Protocol):
     def read_region(
         self, location: tuple[int, int], size: tuple[int, int], level: int = 0
     ) -> npt.NDArray[np.uint8]:
-        """Read (h, w, 3) uint8 RGB at ``level`` whose top-left is level-0 ``location``."""
+        """Read (h, w, 3) uint8 RGB at ``level`` whose top-left is level-0 ``location``.
+
+        The level-0 (x, y) maps to level pixel (floor(x / downsample), floor(y / downsample)).
+        """
         ...
 
     def close(self) -> None:
