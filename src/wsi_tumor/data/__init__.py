@@ -1,0 +1,6 @@
+"""Annotations (ASAP XML, NCRF JSON), pyramidal TIFF writing and the synthetic dataset.
+
+Import the submodules: :mod:`~wsi_tumor.data.annotations` (polygons, point tests,
+rasterisation), :mod:`~wsi_tumor.data.layout` (dataset layout constants),
+:mod:`~wsi_tumor.data.tiff_writer` and :mod:`~wsi_tumor.data.synthetic` (``wsi-synth``).
+"""
