@@ -1,0 +1,109 @@
+"""``wsi-froc``: FROC of per-slide detections against CAMELYON16 ground truth."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from wsi_tumor.errors import ConfigError, WsiTumorError
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``wsi-froc``."""
+    p = argparse.ArgumentParser(
+        prog="wsi-froc",
+        description="FROC score of lesion detections with the CAMELYON16 protocol.",
+    )
+    p.add_argument(
+        "--detections",
+        required=True,
+        help="directory of <slide>.csv (prob,x,y level-0) or <slide>.npy maps",
+    )
+    p.add_argument(
+        "--ground-truth",
+        required=True,
+        help="directory of <slide>_mask.tif or <slide>.xml; neither = normal slide",
+    )
+    p.add_argument("--out", required=True, help="output directory for froc.json, curve CSV/PNG")
+    p.add_argument(
+        "--level",
+        type=int,
+        default=None,
+        help="evaluation mask level (default 5; monai: the map level)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("camelyon16", "monai"),
+        default="camelyon16",
+        help="camelyon16 (organisers') or monai (LesionFROC defaults)",
+    )
+    p.add_argument(
+        "--map-level",
+        type=int,
+        default=None,
+        help="detections are <slide>.npy probability maps at this level",
+    )
+    p.add_argument(
+        "--images",
+        default=None,
+        help="directory of <slide>.tif: size for XML ground truth, and mpp",
+    )
+    p.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="level-0 um/px for every slide (default: the slide's, else 0.243)",
+    )
+    p.add_argument("--nms-radius", type=int, default=12, help="NCRF NMS radius (cells)")
+    p.add_argument("--nms-box", type=int, default=48, help="MONAI NMS box size (cells)")
+    p.add_argument("--nms-threshold", type=float, default=0.5, help="NMS stopping probability")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    p.add_argument("--verbose", action="store_true", help="log per-slide details")
+    return p  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``wsi-froc``; returns the exit code (0 ok, 1 bad input, 2 bad flags)."""
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from wsi_tumor.evaluation.evaluate import FrocConfig, evaluate_directory
+    from wsi_tumor.evaluation.report import write_report
+
+    try:
+        config = FrocConfig.build(
+            protocol=args.protocol,
+            level=args.level,
+            map_level=args.map_level,
+            mpp=args.mpp,
+            nms_radius=args.nms_radius,
+            nms_box=args.nms_box,
+            nms_threshold=args.nms_threshold,
+        )
+        report = evaluate_directory(
+            args.detections, args.ground_truth, config, args.images, progress=not args.quiet
+        )
+        paths = write_report(args.out, report)
+    except ConfigError as exc:
+        print(f"wsi-froc: error: {exc}", file=sys.stderr)
+        return 2
+    except WsiTumorError as exc:
+        print(f"wsi-froc: error: {exc}", file=sys.stderr)
+        return 1
+    results = [r.result for r in report.slides]
+    print(
+        f"FROC {report.score:.4f} ({config.protocol}, level {config.level}) over "
+        f"{len(results)} slides ({sum(r.is_tumour for r in results)} tumour, "
+        f"{sum(r.num_lesions for r in results)} lesions, "
+        f"{sum(len(r.itc_labels) for r in results)} ITC, {sum(r.num_fp for r in results)} FP) "
+        f"-> {paths['json']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
