@@ -9,7 +9,7 @@ setup:
 	@bash scripts/setup.sh
 
 lint: setup
-	$(VENV)/bin/ruff check src tests training export client benchmarks
+	$(VENV)/bin/ruff check
 	$(VENV)/bin/mypy
 
 test: lint
