@@ -1,0 +1,136 @@
+"""Torch dataset over a label CSV: one 768 px region per row, nine labelled 224 px patches."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from wsi_tumor.contract import TRAIN_REGION
+from wsi_tumor.errors import DatasetError
+from wsi_tumor.slide.base import SlideReader
+from wsi_tumor.training.grid import GridSplit, csv_to_grid, region_origin, split_region
+from wsi_tumor.training.labels import (
+    LabelRow,
+    SlideSizeFn,
+    check_centres,
+    read_label_csv,
+    reader_slide_size,
+)
+from wsi_tumor.training.transforms import TrainAugment, to_normalised_tensor
+
+log = logging.getLogger(__name__)
+
+SlideOpener = Callable[[Path], SlideReader]
+
+
+def _open_with(path: Path, reader: str) -> SlideReader:
+    from wsi_tumor.slide import open_slide
+
+    return open_slide(path, reader=reader)
+
+
+def reader_opener(reader: str) -> SlideOpener:
+    """A picklable ``path -> SlideReader`` using ``open_slide(path, reader=reader)``."""
+    return functools.partial(_open_with, reader=reader)
+
+
+class GridPatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Nine patches and their labels per label-CSV row.
+
+    Each item is ``(patches [9, 3, 224, 224] float32 in [-1, 1], labels [9] float32)`` with
+    patches row-major over the 3 x 3 grid. Slides are opened lazily, once per worker process,
+    and never pickled: a DataLoader worker opens its own readers.
+
+    Args:
+        rows: Label rows (from :func:`read_label_csv`).
+        slide_paths: Slide name -> file.
+        opener: Opens a slide file (see :func:`reader_opener`).
+        train: Apply the bundle's random augmentation (validation: none).
+        split: Patch placement inside the region (see :data:`wsi_tumor.training.grid.GridSplit`).
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[LabelRow],
+        slide_paths: dict[str, Path],
+        opener: SlideOpener,
+        train: bool,
+        split: GridSplit = "centre",
+    ) -> None:
+        if not rows:
+            raise DatasetError("dataset has no rows")
+        missing = sorted({r.slide for r in rows} - set(slide_paths))
+        if missing:
+            raise DatasetError(f"no slide path for {missing[:5]}")
+        self.rows = list(rows)
+        self.slide_paths = dict(slide_paths)
+        self.opener = opener
+        self.train = train
+        self.split: GridSplit = split
+        self.augment = TrainAugment() if train else None
+        self._readers: dict[str, SlideReader] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_readers"] = {}
+        return state
+
+    def _reader(self, slide: str) -> SlideReader:
+        reader = self._readers.get(slide)
+        if reader is None:
+            reader = self.opener(self.slide_paths[slide])
+            self._readers[slide] = reader
+        return reader
+
+    def close(self) -> None:
+        """Close the readers this process opened."""
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row = self.rows[index]
+        region = self._reader(row.slide).read_region(
+            region_origin(row.x, row.y), (TRAIN_REGION, TRAIN_REGION), level=0
+        )
+        patches = split_region(region, self.split)
+        images = self.augment(patches) if self.augment else to_normalised_tensor(patches)
+        labels = torch.from_numpy(csv_to_grid(row.labels).reshape(-1))
+        return images, labels
+
+
+def load_dataset(
+    labels_csv: Path,
+    images: Path,
+    reader: str,
+    train: bool,
+    split: GridSplit = "centre",
+    opener: SlideOpener | None = None,
+    slide_size: SlideSizeFn | None = None,
+) -> GridPatchDataset:
+    """Read and check a label CSV, then build the dataset.
+
+    Raises:
+        LabelError: a malformed line, a missing slide or a centre outside its slide
+            (file and line named).
+        DatasetError: the CSV has no rows.
+    """
+    rows = read_label_csv(labels_csv)
+    if not rows:
+        raise DatasetError(f"{labels_csv}: label CSV has no rows: empty dataset")
+    paths = check_centres(rows, images, slide_size or reader_slide_size(reader))
+    positives = sum(sum(r.labels) for r in rows)
+    log.info(
+        "%s: %d regions (%d patches, %d tumour) on %d slides",
+        labels_csv, len(rows), 9 * len(rows), positives, len(paths),
+    )
+    return GridPatchDataset(rows, paths, opener or reader_opener(reader), train, split)

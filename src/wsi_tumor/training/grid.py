@@ -1,0 +1,83 @@
+"""Geometry of the 3 x 3 training grid shared by label generation and the dataset.
+
+A training sample is a ``TRAIN_REGION`` x ``TRAIN_REGION`` level-0 region centred on a patch
+centre (x, y). It is split into ``GRID_SHAPE`` x ``GRID_SHAPE`` cells of ``GRID_CELL`` px; each
+cell has one label, decided at the cell's centre.
+
+Label order in the CSV: the MONAI bundle reads columns ``[3, 6, 9, 4, 7, 10, 5, 8, 11]`` into a
+(3, 3) grid indexed [row, col], so CSV label ``k`` (column ``3 + k``) is the cell with
+``col = k // 3`` (x index) and ``row = k % 3`` (y index): x outer, y inner, NCRF's loop order.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from wsi_tumor.contract import GRID_CELL, GRID_SHAPE, PATCH_SIZE, TRAIN_REGION
+
+NUM_CELLS: Final = GRID_SHAPE * GRID_SHAPE
+HALF_REGION: Final = TRAIN_REGION // 2
+
+GridSplit = Literal["centre", "monai"]
+"""Where each 224 px patch sits in the 768 px region.
+
+``centre``: the centre crop of each 256 px cell (offsets 16, 272, 528; NCRF, and the patch is
+centred where its label was decided). ``monai``: MONAI ``GridSplit`` spacing, patches evenly
+spread from edge to edge (offsets 0, 272, 544), as the bundle's ``GridSplitd`` does.
+"""
+GRID_SPLITS: Final = ("centre", "monai")
+
+
+def region_origin(x: int, y: int) -> tuple[int, int]:
+    """Level-0 (x, y) top-left of the training region centred on patch centre (x, y)."""
+    return x - HALF_REGION, y - HALF_REGION
+
+
+def cell_centres_csv_order(x: int, y: int) -> npt.NDArray[np.int64]:
+    """Level-0 (x, y) centres of the nine cells around (x, y), in CSV label order.
+
+    Returns:
+        (9, 2) int array; row ``k`` is the centre of cell (col ``k // 3``, row ``k % 3``).
+    """
+    x0, y0 = region_origin(x, y)
+    out = np.empty((NUM_CELLS, 2), dtype=np.int64)
+    for k in range(NUM_CELLS):
+        col, row = divmod(k, GRID_SHAPE)
+        out[k] = (x0 + col * GRID_CELL + GRID_CELL // 2, y0 + row * GRID_CELL + GRID_CELL // 2)
+    return out
+
+
+def csv_to_grid(labels_csv_order: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """Reorder nine CSV labels into a (3, 3) grid indexed [row (y), col (x)]."""
+    flat = np.asarray(labels_csv_order, dtype=np.float32).reshape(NUM_CELLS)
+    return flat.reshape(GRID_SHAPE, GRID_SHAPE).T.copy()
+
+
+def patch_offsets(split: GridSplit = "centre") -> tuple[int, ...]:
+    """Offsets (both axes) of the patches' top-left corners inside the region."""
+    if split == "centre":
+        margin = (GRID_CELL - PATCH_SIZE) // 2
+        return tuple(i * GRID_CELL + margin for i in range(GRID_SHAPE))
+    step = (TRAIN_REGION - PATCH_SIZE) // (GRID_SHAPE - 1)
+    return tuple(i * step for i in range(GRID_SHAPE))
+
+
+def split_region(
+    region: npt.NDArray[np.uint8], split: GridSplit = "centre"
+) -> npt.NDArray[np.uint8]:
+    """Cut a (768, 768, 3) region into nine (224, 224, 3) patches, row-major over [row, col].
+
+    Returns:
+        (9, 224, 224, 3) array; patch ``3 * row + col`` matches ``csv_to_grid(...)[row, col]``.
+    """
+    offsets = patch_offsets(split)
+    return np.stack(
+        [
+            region[oy : oy + PATCH_SIZE, ox : ox + PATCH_SIZE]
+            for oy in offsets
+            for ox in offsets
+        ]
+    )

@@ -1,0 +1,91 @@
+"""Per-patch preprocessing: the MONAI bundle's training augmentation and the validation path.
+
+The bundle applies ``GridSplitd`` first, so every later transform of its ``Compose`` runs on
+each of the nine patches separately, with its own random draws. In the bundle's order:
+
+1. ``ColorJitter(brightness=.25, contrast=.75, saturation=.25, hue=.04)`` on the uint8 patch;
+2. ``RandFlip(prob=.5)`` with ``spatial_axis=None``: both axes flipped together;
+3. ``RandRotate90(prob=.5, max_k=3)``: k in {1, 2, 3} quarter turns;
+4. ``RandZoom(prob=.5, min_zoom=.9, max_zoom=1.1)``: area interpolation, then centre crop or
+   edge padding back to 224 x 224;
+5. ``ScaleIntensityRange(0, 255, -1, 1)`` (:func:`wsi_tumor.contract.normalise`).
+
+Zoom and intensity scaling are both linear, so scaling before zooming (as done here, to keep
+one float conversion) gives the same values up to float rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import ColorJitter
+
+from wsi_tumor.contract import PATCH_SIZE, normalise
+
+JITTER = {"brightness": 0.25, "contrast": 0.75, "saturation": 0.25, "hue": 0.04}
+FLIP_PROB = 0.5
+ROT90_PROB = 0.5
+MAX_K = 3
+ZOOM_PROB = 0.5
+ZOOM_RANGE = (0.9, 1.1)
+
+
+def to_normalised_tensor(patches: npt.NDArray[np.uint8]) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1] (the validation path)."""
+    return torch.from_numpy(np.ascontiguousarray(normalise(patches).transpose(0, 3, 1, 2)))
+
+
+def _coin(prob: float) -> bool:
+    return bool(torch.rand(()) < prob)
+
+
+def zoom_keep_size(patch: torch.Tensor, factor: float) -> torch.Tensor:
+    """Zoom a (C, H, W) float patch by ``factor`` with area interpolation, keep its size.
+
+    A larger result is centre-cropped, a smaller one padded by repeating its edge pixels
+    (MONAI ``Zoom(mode="area", padding_mode="edge", keep_size=True)``).
+    """
+    size = patch.shape[-2:]
+    zoomed = F.interpolate(
+        patch.unsqueeze(0), scale_factor=factor, mode="area", recompute_scale_factor=True
+    )
+    out_h, out_w = zoomed.shape[-2:]
+    pad_h, pad_w = size[0] - out_h, size[1] - out_w
+    if pad_h > 0 or pad_w > 0:
+        ph, pw = max(pad_h, 0), max(pad_w, 0)
+        zoomed = F.pad(zoomed, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
+    out_h, out_w = zoomed.shape[-2:]
+    top, left = (out_h - size[0]) // 2, (out_w - size[1]) // 2
+    return zoomed[0, :, top : top + size[0], left : left + size[1]]
+
+
+class TrainAugment:
+    """Augment nine uint8 patches independently, then normalise; draws use torch's RNG."""
+
+    def __init__(self) -> None:
+        self.jitter = ColorJitter(**JITTER)
+
+    def augment_one(self, patch: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) uint8 -> (3, H, W) float32 in about [-1, 1], augmented."""
+        patch = self.jitter(patch)
+        if _coin(FLIP_PROB):
+            patch = torch.flip(patch, dims=(-2, -1))
+        if _coin(ROT90_PROB):
+            k = int(torch.randint(1, MAX_K + 1, ()))
+            patch = torch.rot90(patch, k, dims=(-2, -1))
+        out = torch.from_numpy(normalise(patch.contiguous().numpy()))
+        if _coin(ZOOM_PROB):
+            lo, hi = ZOOM_RANGE
+            factor = lo + (hi - lo) * float(torch.rand(()))
+            out = zoom_keep_size(out, factor)
+        return out
+
+    def __call__(self, patches: npt.NDArray[np.uint8]) -> torch.Tensor:
+        """(N, H, W, 3) uint8 -> (N, 3, H, W) float32."""
+        chw = torch.from_numpy(np.ascontiguousarray(patches.transpose(0, 3, 1, 2)))
+        out = torch.stack([self.augment_one(p) for p in chw])
+        if out.shape[-2:] != (PATCH_SIZE, PATCH_SIZE):
+            raise ValueError(f"augmented patch has shape {tuple(out.shape)}")
+        return out

@@ -1,0 +1,338 @@
+"""Training: nine-patch dataset, augmentation, config, checkpoints, errors, resume, DDP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from wsi_tumor.contract import normalise
+from wsi_tumor.errors import CheckpointError, ConfigError, DatasetError, LabelError
+from wsi_tumor.training import cli
+from wsi_tumor.training.checkpoint import init_weights, load_training_checkpoint
+from wsi_tumor.training.config import config_from_argv
+from wsi_tumor.training.dataset import GridPatchDataset, load_dataset
+from wsi_tumor.training.grid import patch_offsets
+from wsi_tumor.training.labels import LabelRow
+from wsi_tumor.training.transforms import TrainAugment, zoom_keep_size
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = (1, 0, 0, 1, 1, 0, 0, 0, 1)  # CSV order; grid [row, col] = [[1,1,0],[0,1,0],[0,0,1]]
+GRID = [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+
+
+class ArraySlide:
+    """Minimal in-memory SlideReader (outside pixels 255) for logic tests."""
+
+    def __init__(self, pixels: np.ndarray) -> None:
+        self.pixels = pixels
+        self.path = Path("memory.tif")
+        self.level_dimensions = ((pixels.shape[1], pixels.shape[0]),)
+
+    def read_region(
+        self, location: tuple[int, int], size: tuple[int, int], level: int = 0
+    ) -> np.ndarray:
+        (x, y), (w, h) = location, size
+        out = np.full((h, w, 3), 255, np.uint8)
+        rows, cols = self.pixels.shape[:2]
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, cols), min(y + h, rows)
+        if x1 > x0 and y1 > y0:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = self.pixels[y0:y1, x0:x1]
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def _pixels(h: int = 1200, w: int = 1500, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _dataset(pixels: np.ndarray, rows: list[LabelRow], train: bool, split: Any = "centre"
+             ) -> GridPatchDataset:
+    slide = ArraySlide(pixels)
+    return GridPatchDataset(rows, {"s": Path("s.tif")}, lambda _: slide, train, split)  # type: ignore[arg-type, return-value]
+
+
+@pytest.mark.parametrize(("split", "offsets"), [("centre", (16, 272, 528)),
+                                                ("monai", (0, 272, 544))])
+def test_nine_patch_geometry_and_labels_exact(split: str, offsets: tuple[int, ...]) -> None:
+    assert patch_offsets(split) == offsets  # type: ignore[arg-type]
+    pixels = _pixels()
+    x, y = 700, 500  # region origin (316, 116)
+    ds = _dataset(pixels, [LabelRow("s", x, y, LABELS)], train=False, split=split)
+    images, labels = ds[0]
+    assert images.shape == (9, 3, 224, 224) and images.dtype == torch.float32
+    for row in range(3):
+        for col in range(3):
+            k = 3 * row + col
+            top, left = y - 384 + offsets[row], x - 384 + offsets[col]
+            want = normalise(pixels[top : top + 224, left : left + 224]).transpose(2, 0, 1)
+            np.testing.assert_array_equal(images[k].numpy(), want)  # no augmentation
+            assert labels[k] == GRID[row][col]
+
+
+def test_region_past_the_border_reads_white() -> None:
+    ds = _dataset(_pixels(), [LabelRow("s", 10, 10, (0,) * 9)], train=False)
+    images, _ = ds[0]
+    assert torch.all(images[0] == 1.0)  # top-left patch entirely outside: 255 -> 1.0
+
+
+def test_train_augmentation_changes_pixels_in_range() -> None:
+    torch.manual_seed(0)
+    pixels = _pixels()
+    val, _ = _dataset(pixels, [LabelRow("s", 700, 500, LABELS)], train=False)[0]
+    aug, labels = _dataset(pixels, [LabelRow("s", 700, 500, LABELS)], train=True)[0]
+    assert aug.shape == val.shape
+    assert not torch.equal(aug, val)
+    assert float(aug.min()) >= -1.0 - 1e-5 and float(aug.max()) <= 1.0 + 1e-5
+    assert labels.tolist() == [v for r in GRID for v in r]  # labels never move
+
+
+def test_train_augmentation_draws_per_patch() -> None:
+    torch.manual_seed(3)
+    same = np.repeat(_pixels(224, 224, seed=1)[None], 9, axis=0)
+    out = TrainAugment()(same)
+    assert len({tuple(p.flatten()[:64].tolist()) for p in out}) == 9  # nine independent draws
+
+
+def test_zoom_keep_size() -> None:
+    patch = torch.arange(224 * 224, dtype=torch.float32).reshape(1, 224, 224)
+    torch.testing.assert_close(zoom_keep_size(patch, 1.0), patch)
+    for factor in (0.9, 1.1):
+        out = zoom_keep_size(patch, factor)
+        assert out.shape == (1, 224, 224)
+    small = zoom_keep_size(patch, 0.9)
+    assert float(small[0, 0, 0]) == float(small[0, 0, 1])  # edge padding repeats
+
+
+def test_dataset_pickles_without_readers() -> None:
+    ds = _dataset(_pixels(), [LabelRow("s", 700, 500, LABELS)], train=False)
+    ds[0]
+    assert ds._readers
+    assert ds.__getstate__()["_readers"] == {}
+
+
+def test_config_yaml_defaults_flags_override(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("epochs: 7\nbatch-size: 3\nlr: 0.01\nreader: openslide\n")
+    cfg = config_from_argv([str(tmp_path / "ds"), "--config", str(tmp_path / "c.yaml"),
+                            "--out", str(tmp_path / "o"), "--lr", "0.5"])
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.reader) == (7, 3, 0.5, "openslide")
+    assert cfg.labels_train == tmp_path / "ds" / "training.csv"
+    assert cfg.images == tmp_path / "ds" / "images"
+    assert cfg.amp is None and cfg.seed == 15
+    with pytest.raises(AttributeError, match=r"cannot assign"):
+        cfg.epochs = 1  # type: ignore[misc]
+
+
+def test_repo_config_yaml_is_valid(tmp_path: Path) -> None:
+    cfg = config_from_argv([str(tmp_path), "--config", str(REPO / "training" / "config.yaml"),
+                            "--out", str(tmp_path)])
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.seed) == (4, 128, 1e-3, 15)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("epoch: 3\n", r"c\.yaml: unknown key 'epoch'"),
+     ("epochs: 0\n", r"c\.yaml: epochs must be >= 1"),
+     ("epochs: two\n", r"c\.yaml: epochs: invalid value 'two'"),
+     ("- 1\n", r"c\.yaml: expected a mapping")],
+)
+def test_config_errors(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        config_from_argv([str(tmp_path), "--config", str(tmp_path / "c.yaml"),
+                          "--out", str(tmp_path)])
+
+
+def test_empty_label_csv_is_dataset_error(tmp_path: Path) -> None:
+    (tmp_path / "training.csv").write_text("\n")
+    with pytest.raises(DatasetError, match=r"training\.csv: label CSV has no rows"):
+        load_dataset(tmp_path / "training.csv", tmp_path, "cucim", True)
+
+
+def test_label_csv_missing_slide_is_label_error(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "training.csv").write_text("tumor_001,800,800,0,0,0,0,0,0,0,0,0\n")
+    with pytest.raises(LabelError, match=r"training\.csv:1: slide 'tumor_001' not found"):
+        load_dataset(tmp_path / "training.csv", tmp_path / "images", "cucim", True)
+
+
+def test_label_csv_centre_outside_is_label_error(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "s.tif").write_bytes(b"")
+    (tmp_path / "training.csv").write_text(
+        "s,800,800,0,0,0,0,0,0,0,0,0\ns,800,1300,0,0,0,0,0,0,0,0,0\n")
+    with pytest.raises(LabelError, match=r"training\.csv:2: centre \(800, 1300\) is outside"):
+        load_dataset(tmp_path / "training.csv", tmp_path / "images", "cucim", True,
+                     slide_size=lambda _: (1500, 1200))
+
+
+def test_foreign_checkpoint_is_checkpoint_error(tmp_path: Path) -> None:
+    from torchvision.models import resnet18
+
+    from wsi_tumor.models.resnet_fcn import build_model
+
+    torch.save(resnet18(weights=None).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other\.pt: not a TumorResNetFCN checkpoint"):
+        init_weights(build_model(), tmp_path / "other.pt")
+    torch.save({"model": build_model().state_dict()}, tmp_path / "bare.pt")
+    with pytest.raises(CheckpointError, match=r"bare\.pt: not a wsi-train checkpoint"):
+        load_training_checkpoint(tmp_path / "bare.pt")
+
+
+def test_cli_foreign_checkpoint_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from torchvision.models import resnet18
+
+    torch.save(resnet18(weights=None).state_dict(), tmp_path / "other.pt")
+    code = cli.main([str(tmp_path), "--out", str(tmp_path / "o"), "--init-from",
+                     str(tmp_path / "other.pt"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("wsi-train: error: ") and "other.pt: not a TumorResNetFCN" in err[0]
+
+
+def test_cli_missing_slide_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "training.csv").write_text("tumor_001,800,800,0,0,0,0,0,0,0,0,0\n")
+    code = cli.main([str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "training.csv:1: slide 'tumor_001' not found" in err[0]
+
+
+# --- end-to-end runs on in-memory synthetic slides ----------------------------------------
+SYN = 2304  # slide side; tumour where x < SYN / 2 (purple, dense), normal elsewhere (pink)
+
+
+def synthetic_pixels(seed: int = 0) -> np.ndarray:
+    """A slide whose left half is dark purple 'tumour' texture and right half pink tissue."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((SYN, SYN, 3), np.float32)
+    img[:, : SYN // 2] = (110, 50, 140)
+    img[:, SYN // 2 :] = (235, 175, 205)
+    img += rng.normal(0, 25, img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _csv_rows(rng: np.random.Generator, n: int) -> str:
+    lines = []
+    for _ in range(n):
+        x, y = (int(v) for v in rng.integers(384, SYN - 384, 2))
+        labels = [int(x - 384 + col * 256 + 128 < SYN // 2) for col in range(3) for _ in range(3)]
+        lines.append(",".join(map(str, ["syn", x, y, *labels])))
+    return "\n".join(lines) + "\n"
+
+
+def write_synthetic(root: Path, n_train: int, n_valid: int, seed: int = 0) -> Path:
+    """Label CSVs + an (empty) slide file for the in-memory slide; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "images" / "syn.tif").write_bytes(b"")
+    (root / "training.csv").write_text(_csv_rows(rng, n_train))
+    (root / "validation.csv").write_text(_csv_rows(rng, n_valid))
+    return root
+
+
+_SLIDES: dict[int, ArraySlide] = {}
+
+
+def synthetic_opener(_: Path) -> ArraySlide:
+    """Module-level (picklable) opener returning the shared in-memory slide."""
+    if 0 not in _SLIDES:
+        _SLIDES[0] = ArraySlide(synthetic_pixels())
+    return _SLIDES[0]
+
+
+def synthetic_size(_: Path) -> tuple[int, int]:
+    return SYN, SYN
+
+
+def _run(root: Path, out: Path, *flags: str) -> Any:
+    from wsi_tumor.training.trainer import train
+
+    cfg = config_from_argv([str(root), "--out", str(out), "--quiet", "--device", "cpu", *flags])
+    return train(cfg, synthetic_opener, synthetic_size)  # type: ignore[arg-type]
+
+
+SMALL = ("--batch-size", "1", "--workers", "0", "--max-steps-per-epoch", "1",
+         "--max-valid-steps", "1")
+
+
+def test_resume_continues_from_saved_epoch(tmp_path: Path) -> None:
+    from wsi_tumor.export.checkpoint import load_state_dict
+
+    root = write_synthetic(tmp_path / "ds", 8, 2)
+    straight = _run(root, tmp_path / "a", "--epochs", "2", *SMALL)
+    first = _run(root, tmp_path / "b", "--epochs", "1", *SMALL)
+    saved = torch.load(first.last, weights_only=False)
+    assert saved["epoch"] == 1 and saved["optimizer"]["state"]  # Novograd moments saved
+    resumed = _run(root, tmp_path / "b", "--epochs", "2", "--resume", str(first.last), *SMALL)
+    # epoch counter continues: history has epochs 1 (restored) and 2 (trained now)
+    assert [h["epoch"] for h in resumed.history] == [1.0, 2.0]
+    # the loss curve is the uninterrupted run's: same lr, same draws, same updates
+    for a, b in zip(straight.history, resumed.history, strict=True):
+        for key in ("lr", "train_loss", "valid_loss", "valid_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    wa, wb = load_state_dict(straight.last), load_state_dict(resumed.last)
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5)
+    ckpt = torch.load(resumed.last, weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["config"]["resume"] == str(first.last)
+    assert set(ckpt) >= {"model", "optimizer", "scheduler", "scaler", "epoch", "best_metric"}
+    written = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
+    assert written["epochs"] == 2 and written["batch_size"] == 1
+    assert list((tmp_path / "b" / "tensorboard").iterdir())
+
+
+def test_torchrun_two_process_gloo(tmp_path: Path) -> None:
+    from wsi_tumor.export.checkpoint import load_model
+
+    root = write_synthetic(tmp_path / "ds", 8, 4)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         __file__, str(root), str(tmp_path / "out")],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = load_model(tmp_path / "out" / "last.pt")  # strict: no "module." prefix
+    ckpt = torch.load(tmp_path / "out" / "last.pt", weights_only=False)
+    assert not any(k.startswith("module.") for k in ckpt["model"])
+    assert ckpt["epoch"] == 1
+    assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 1, 1, 1)
+    # both ranks validated 2 regions each: 4 regions x 9 patches counted once each
+    assert "world 2" in proc.stderr
+
+
+@pytest.mark.slow
+def test_cpu_run_reaches_validation_accuracy(tmp_path: Path) -> None:
+    root = write_synthetic(tmp_path / "ds", 64, 16, seed=1)
+    result = _run(root, tmp_path / "o", "--epochs", "3", "--batch-size", "2", "--workers", "2",
+                  "--max-steps-per-epoch", "10", "--lr", "1e-3")
+    curve = [(h["valid_accuracy"], h["train_patches_per_s"]) for h in result.history]
+    print("valid accuracy / train patches/s per epoch:", curve)
+    assert result.history[-1]["valid_accuracy"] >= 0.9, curve
+
+
+if __name__ == "__main__":  # torchrun driver for test_torchrun_two_process_gloo
+    import logging
+
+    from wsi_tumor.training.trainer import train
+
+    logging.basicConfig(level=logging.INFO)
+    ds, out = sys.argv[1], sys.argv[2]
+    config = config_from_argv([ds, "--out", out, "--quiet", "--device", "cpu", "--epochs", "1",
+                               "--batch-size", "1", "--workers", "0",
+                               "--max-steps-per-epoch", "2"])
+    train(config, synthetic_opener, synthetic_size)  # type: ignore[arg-type]
+    logging.getLogger("driver").info("world %s done", os.environ["WORLD_SIZE"])
