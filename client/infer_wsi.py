@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""Tumour probability maps of whole-slide images through Triton (see ``wsi-infer --help``)."""
+
+import sys
+
+from wsi_tumor.client.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

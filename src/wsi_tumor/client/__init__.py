@@ -1,0 +1,11 @@
+"""The WSI client: tissue mask -> k x k regions -> streamed Triton requests -> outputs.
+
+Importing this package is cheap (no tritonclient, torch or slide backends); the heavy
+modules are imported where they are used: :mod:`wsi_tumor.client.runner` runs a cohort,
+:mod:`wsi_tumor.client.cli` is the ``wsi-infer`` command.
+"""
+
+from wsi_tumor.client.config import InferConfig
+from wsi_tumor.client.grid import Region, plan_regions
+
+__all__ = ["InferConfig", "Region", "plan_regions"]

@@ -1,0 +1,163 @@
+"""Stream one slide's regions through the ensemble and assemble the probability map.
+
+Three stages overlap:
+
+1. a pool of ``readers`` threads reads each request's regions at level 0 (one read per
+   region) and serialises the tensors;
+2. the event loop sends the request with ``tritonclient.grpc.aio`` and awaits the answer
+   (many requests are on the wire at once; transient errors are retried by the transport);
+3. the answer's k x k grids are written into the mask-level map.
+
+A semaphore of ``inflight`` permits is taken before a request is read and given back when
+its grids are in the map, so at most ``inflight * regions_per_request`` regions are in
+memory whatever the slide size. A request that fails after its retries fails the slide; a
+finished request is never sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import tritonclient.grpc as grpcclient
+
+from wsi_tumor import contract
+from wsi_tumor.client.grid import Region, batched, place_grid
+from wsi_tumor.client.transport import TritonTransport, make_inputs
+from wsi_tumor.slide.base import SlideReader
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+"""Called on the event loop with the number of patches a finished request carried."""
+
+
+@dataclass
+class StreamStats:
+    """Counters and timings of one slide's streaming phase.
+
+    Attributes:
+        patches: Patches classified (true cells sent).
+        regions: Regions read and sent.
+        requests: Requests answered.
+        read_s: Reader-thread seconds spent reading and serialising (summed over threads).
+        server_s: Seconds requests spent on the wire and in the server (summed).
+        wall_s: Wall-clock seconds of the whole streaming phase.
+        retries: Transient failures retried.
+        peak_inflight: Most requests held at once.
+    """
+
+    patches: int = 0
+    regions: int = 0
+    requests: int = 0
+    read_s: float = 0.0
+    server_s: float = 0.0
+    wall_s: float = 0.0
+    retries: int = 0
+    peak_inflight: int = 0
+    _held: int = field(default=0, repr=False)
+
+
+def read_request(
+    slide: SlideReader, regions: Sequence[Region]
+) -> tuple[list[grpcclient.InferInput], float]:
+    """Read the regions of one request at level 0 and serialise its tensors.
+
+    Returns:
+        The request's inputs and the seconds it took.
+    """
+    start = time.perf_counter()
+    k = regions[0].cells
+    side = contract.region_size(k)
+    pixels = np.empty((len(regions), side, side, contract.CHANNELS), dtype=np.uint8)
+    for i, region in enumerate(regions):
+        pixels[i] = slide.read_region(region.origin, region.size, contract.INFERENCE_LEVEL)
+    masks = np.stack([region.cell_mask for region in regions])
+    inputs = make_inputs(pixels, masks)
+    return inputs, time.perf_counter() - start
+
+
+async def stream_slide(
+    slide: SlideReader,
+    regions: Sequence[Region],
+    map_shape: tuple[int, int],
+    transport: TritonTransport,
+    *,
+    readers: int,
+    inflight: int,
+    regions_per_request: int,
+    progress: Progress | None = None,
+) -> tuple[npt.NDArray[np.float32], StreamStats]:
+    """Classify every region of a slide through the ensemble.
+
+    Args:
+        slide: An open slide (``read_region`` must be thread-safe).
+        regions: The slide's regions (see :func:`wsi_tumor.client.grid.plan_regions`).
+        map_shape: (rows, cols) of the mask-level map.
+        transport: Connected, checked transport.
+        readers: Reader threads.
+        inflight: Requests held at once (reading or on the wire).
+        regions_per_request: Regions per request.
+        progress: Called with each finished request's patch count.
+
+    Returns:
+        The float32 (rows, cols) map (0 off tissue) and the phase's statistics.
+
+    Raises:
+        ServerError: a request failed after its retries (in-flight requests are cancelled).
+        SlideError: a region could not be read.
+    """
+    prob_map = np.zeros(map_shape, dtype=np.float32)
+    stats = StreamStats()
+    window = asyncio.Semaphore(inflight)
+    loop = asyncio.get_running_loop()
+    retries_before = transport.retries
+    start = time.perf_counter()
+
+    async def one_request(batch: Sequence[Region]) -> None:
+        try:
+            inputs, read_s = await loop.run_in_executor(pool, read_request, slide, batch)
+            stats.read_s += read_s
+            sent = time.perf_counter()
+            grids = await transport.infer(inputs, len(batch), batch[0].cells)
+            stats.server_s += time.perf_counter() - sent
+            del inputs
+            patches = 0
+            for region, grid in zip(batch, grids, strict=True):
+                place_grid(prob_map, region, grid)
+                patches += region.patches
+            stats.patches += patches
+            stats.regions += len(batch)
+            stats.requests += 1
+            log.debug(
+                "request %d done: %d regions, %d patches", stats.requests, len(batch), patches
+            )
+            if progress is not None:
+                progress(patches)
+        finally:
+            stats._held -= 1
+            window.release()
+
+    with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="wsi-read") as pool:
+        try:
+            async with asyncio.TaskGroup() as group:
+                for batch in batched(regions, regions_per_request):
+                    await window.acquire()
+                    stats._held += 1
+                    stats.peak_inflight = max(stats.peak_inflight, stats._held)
+                    group.create_task(one_request(batch))
+        except BaseExceptionGroup as group_error:
+            # Surface the first real failure (the others are its cancellations).
+            first = group_error.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+    stats.wall_s = time.perf_counter() - start
+    stats.retries = transport.retries - retries_before
+    return prob_map, stats
