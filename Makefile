@@ -2,6 +2,7 @@
 VENV   := .venv
 PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: setup test lint demo bench clean
 
@@ -16,7 +17,7 @@ test: lint
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	@bash scripts/demo.sh
+	$(PYTHON) -m wsi_tumor.demo $(DEMO_ARGS)
 
 bench: setup
 	$(PYTHON) benchmarks/run_benchmarks.py

@@ -1,0 +1,276 @@
+"""``make demo``: the main job end to end on a synthetic CAMELYON16-style dataset.
+
+Each stage runs as its own console script (the commands a user would type), in order:
+``wsi-synth`` -> ``wsi-labels`` -> ``wsi-train`` -> ``wsi-export`` -> ``wsi-infer`` (which
+starts the local tritonserver itself) -> ``wsi-froc``. The run leaves everything under
+``--out`` (default ``demo_output/``) with a ``SUMMARY.md`` that links the outputs and gives the
+timings; the model repository is exported to ``--out``/model_repository so the committed
+``model_repository/`` (NVIDIA-container layout) is left untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wsi_tumor.errors import WsiTumorError
+
+log = logging.getLogger(__name__)
+
+
+class DemoError(WsiTumorError):
+    """A stage of the demo failed; the message names it and its exit code."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the demo, chosen to finish in ~10 minutes on 2 CPU cores (see README)."""
+
+    out: Path = Path("demo_output")
+    size: int = 6144
+    train_slides: int = 6
+    valid_slides: int = 2
+    test_slides: int = 4
+    train_coords: int = 300
+    valid_coords: int = 60
+    epochs: int = 3
+    batch_size: int = 4
+    steps_per_epoch: int = 40
+    valid_steps: int = 15
+    workers: int = 2
+    seed: int = 0
+    reader: str = "cucim"
+    quiet: bool = False
+
+
+@dataclass
+class Stage:
+    """One command of the demo and how long it took."""
+
+    name: str
+    argv: list[str]
+    seconds: float = 0.0
+
+
+@dataclass
+class DemoPaths:
+    """Where each stage writes, under the demo's output directory."""
+
+    root: Path
+    data: Path = field(init=False)
+    checkpoints: Path = field(init=False)
+    repository: Path = field(init=False)
+    predictions: Path = field(init=False)
+    froc: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.data = self.root / "data"
+        self.checkpoints = self.root / "checkpoints"
+        self.repository = self.root / "model_repository"
+        self.predictions = self.root / "predictions"
+        self.froc = self.root / "froc"
+
+
+def _script(name: str) -> str:
+    """The console script ``name`` installed beside this interpreter."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise DemoError(f"{path}: console script missing; run `make setup`")
+    return str(path)
+
+
+def plan(config: DemoConfig, paths: DemoPaths) -> list[Stage]:
+    """The demo's commands, in order."""
+    quiet = ["--quiet"] if config.quiet else []
+    test_slides = [
+        str(paths.data / "images" / f"test_{i:03d}.tif") for i in range(1, config.test_slides + 1)
+    ]
+    return [
+        Stage("generate the synthetic dataset", [
+            _script("wsi-synth"), str(paths.data), "--train", str(config.train_slides),
+            "--valid", str(config.valid_slides), "--test", str(config.test_slides),
+            "--size", str(config.size), "--seed", str(config.seed),
+            "--coords", str(config.train_coords), "--valid-coords", str(config.valid_coords),
+            *quiet,
+        ]),
+        Stage("write the training labels", [
+            _script("wsi-labels"), str(paths.data), "--reader", config.reader, *quiet,
+        ]),
+        Stage("train the ResNet18-FCN", [
+            _script("wsi-train"), str(paths.data), "--out", str(paths.checkpoints),
+            "--epochs", str(config.epochs), "--batch-size", str(config.batch_size),
+            "--max-steps-per-epoch", str(config.steps_per_epoch),
+            "--max-valid-steps", str(config.valid_steps), "--workers", str(config.workers),
+            "--seed", str(config.seed), "--reader", config.reader, *quiet,
+        ]),
+        Stage("export to ONNX and the Triton repository", [
+            _script("wsi-export"), "--checkpoint", str(paths.checkpoints / "best.pt"),
+            "--repository", str(paths.repository), *quiet,
+        ]),
+        Stage("infer the test slides through a local tritonserver", [
+            _script("wsi-infer"), *test_slides, "--out", str(paths.predictions),
+            "--model-repository", str(paths.repository), "--reader", config.reader, *quiet,
+        ]),
+        Stage("score FROC (CAMELYON16 protocol)", [
+            _script("wsi-froc"), "--detections", str(paths.predictions),
+            "--ground-truth", str(paths.data / "masks"), "--images", str(paths.data / "images"),
+            "--out", str(paths.froc), *quiet,
+        ]),
+    ]
+
+
+def run_stage(stage: Stage) -> None:
+    """Run one command with the terminal attached (progress bars show); raise on failure."""
+    log.info("== %s", stage.name)
+    log.info("$ %s", " ".join(stage.argv))
+    started = time.perf_counter()
+    code = subprocess.call(stage.argv)
+    stage.seconds = time.perf_counter() - started
+    if code != 0:
+        raise DemoError(f"stage '{stage.name}' failed with exit code {code}: {stage.argv[0]}")
+    log.info("   %s: %.0f s", stage.name, stage.seconds)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    with open(path) as handle:
+        result: dict[str, Any] = json.load(handle)
+        return result
+
+
+def _link(path: Path, root: Path) -> str:
+    rel = path.relative_to(root)
+    return f"[{rel}]({rel})"
+
+
+def write_summary(config: DemoConfig, paths: DemoPaths, stages: Sequence[Stage]) -> Path:
+    """Write ``SUMMARY.md``: timings, validation accuracy, FROC and links to every output."""
+    import torch
+
+    root = paths.root
+    last = torch.load(paths.checkpoints / "last.pt", map_location="cpu", weights_only=False)
+    history = last.get("history", [])
+    best_epoch = max(history, key=lambda h: h["valid_accuracy"])["epoch"] if history else None
+    froc = _read_json(paths.froc / "froc.json")
+    lines = [
+        "# wsi-tumor demo run",
+        "",
+        f"Synthetic dataset: {config.train_slides} training, {config.valid_slides} validation and "
+        f"{config.test_slides} test slides of {config.size} x {config.size} px at 0.243 um/px "
+        f"(seed {config.seed}).",
+        "",
+        "## Timings",
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+        *(f"| {s.name} | {s.seconds:.0f} |" for s in stages),
+        f"| **total** | **{sum(s.seconds for s in stages):.0f}** |",
+        "",
+        "## Training (validation patch accuracy per epoch)",
+        "",
+        "| epoch | train loss | valid loss | valid accuracy | train patches/s |",
+        "|---:|---:|---:|---:|---:|",
+        *(
+            f"| {int(h['epoch'])}{' (best)' if h['epoch'] == best_epoch else ''} | "
+            f"{h['train_loss']:.4f} | {h['valid_loss']:.4f} | "
+            f"{h['valid_accuracy']:.4f} | {h['train_patches_per_s']:.1f} |"
+            for h in history
+        ),
+        "",
+        f"Checkpoint: {_link(paths.checkpoints / 'best.pt', root)} "
+        f"(resolved config {_link(paths.checkpoints / 'config.yaml', root)}).",
+        "",
+        "## FROC on the test slides (CAMELYON16 protocol)",
+        "",
+        f"**FROC {froc['froc']:.4f}**; sensitivity at "
+        + ", ".join(f"{fp} FP/slide: {s:.3f}" for fp, s in froc["sensitivity_at_fp"].items())
+        + ".",
+        "",
+        f"Report {_link(paths.froc / 'froc.json', root)}, curve "
+        f"{_link(paths.froc / 'froc_curve.png', root)}.",
+        "",
+        "## Per test slide",
+        "",
+        "| slide | patches | patches/s | detections | map | heatmap | lesions CSV | GeoJSON |",
+        "|---|---:|---:|---:|---|---|---|---|",
+    ]
+    for report_path in sorted(paths.predictions.glob("test_*.json")):
+        report = _read_json(report_path)
+        stem = report_path.stem
+        p = paths.predictions
+        lines.append(
+            f"| {stem} | {report['counts']['patches']} | {report['patches_per_s']:.1f} | "
+            f"{report['counts']['detections']} | {_link(p / f'{stem}.npy', root)} | "
+            f"{_link(p / f'{stem}_heatmap.png', root)} | {_link(p / f'{stem}.csv', root)} | "
+            f"{_link(p / f'{stem}.geojson', root)} |"
+        )
+    lines += ["", "Demo settings: `" + json.dumps(asdict(config), default=str) + "`", ""]
+    summary = root / "SUMMARY.md"
+    summary.write_text("\n".join(lines))
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags of ``python -m wsi_tumor.demo`` (``make demo`` uses the defaults)."""
+    defaults = DemoConfig()
+    parser = argparse.ArgumentParser(
+        prog="wsi-demo",
+        description="Run the whole product on a synthetic dataset: generate, train, export, "
+        "serve, infer, score FROC. Replaces the output directory's previous demo run.",
+    )
+    parser.add_argument("--out", type=Path, default=defaults.out, help="output directory")
+    parser.add_argument("--size", type=int, default=defaults.size, help="slide side in px")
+    parser.add_argument("--test-slides", type=int, default=defaults.test_slides)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--reader", choices=("cucim", "openslide"), default=defaults.reader)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo; returns 0 on success, 1 when a stage failed."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="demo: %(message)s", stream=sys.stderr)
+    config = DemoConfig(
+        out=args.out, size=args.size, test_slides=args.test_slides, epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch, seed=args.seed, reader=args.reader,
+        quiet=args.quiet,
+    )
+    paths = DemoPaths(config.out.resolve())
+    try:
+        stages = plan(config, paths)
+        for sub in (paths.data, paths.checkpoints, paths.repository, paths.predictions, paths.froc):
+            shutil.rmtree(sub, ignore_errors=True)
+        (paths.root / "SUMMARY.md").unlink(missing_ok=True)
+        paths.root.mkdir(parents=True, exist_ok=True)
+        for stage in stages:
+            run_stage(stage)
+        summary = write_summary(config, paths, stages)
+    except WsiTumorError as exc:
+        print(f"wsi-demo: error: {exc}", file=sys.stderr)
+        return 1
+    froc = _read_json(paths.froc / "froc.json")["froc"]
+    total = sum(s.seconds for s in stages)
+    print(
+        f"\nDemo finished in {total:.0f} s. FROC {froc:.4f} on {config.test_slides} test slides.\n"
+        f"  summary:       {summary}\n"
+        f"  checkpoint:    {paths.checkpoints / 'best.pt'}\n"
+        f"  repository:    {paths.repository}\n"
+        f"  maps, heatmaps, lesion CSV/GeoJSON: {paths.predictions}\n"
+        f"  FROC report and curve: {paths.froc}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
