@@ -33,24 +33,24 @@ if sys.version_info < (3, 11):
 PY
 PYVER="$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
 
-if [ ! -f "$STAMP" ]; then
+# A stamp only counts while what it stands for is still there.
+if [ ! -f "$STAMP" ] || [ ! -x "$TRITON/bin/tritonserver" ] || [ ! -x "$VENV/bin/tritonserver" ]; then
     say "creating the virtual environment in .venv"
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 
     say "installing wsi-tumor with dev extras (torch 2.14.1, torchvision 0.29.1, numpy<2)"
+    # The grep only hides the local package index's noise; with pipefail, pip's status
+    # decides and a failure stops here (the trap names the step).
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
         -e "$ROOT[dev]" "torch==2.14.1" "torchvision==0.29.1" "numpy<2" 2>&1 \
-        | grep -v "is ignored: it is neither a file nor a directory" || true
-    # pip's exit status is lost in the pipe above: check the result explicitly instead.
-    "$VENV/bin/python" -c "import wsi_tumor" \
-        || { echo "setup: pip did not install wsi-tumor (see messages above)" >&2; exit 1; }
+        | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
     say "downloading tritonserver (nvidia-pytriton==$PYTRITON_VERSION) and perf_analyzer (tritonclient==$TRITONCLIENT_PA_VERSION)"
     rm -rf "$TRITON.tmp" && mkdir -p "$TRITON.tmp/wheels"
     "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
         -d "$TRITON.tmp/wheels" "nvidia-pytriton==$PYTRITON_VERSION" \
         "tritonclient==$TRITONCLIENT_PA_VERSION" 2>&1 \
-        | grep -v "is ignored: it is neither a file nor a directory" || true
+        | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
     say "unpacking the Triton server, Python backend and perf_analyzer into .triton"
     "$VENV/bin/python" - "$TRITON.tmp" <<'PY'

@@ -11,9 +11,6 @@ import pytest
 from wsi_tumor.errors import ServerError
 from wsi_tumor.serving.local_server import LocalTritonServer, find_tritonserver
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-
 StartServer = Callable[[Path], LocalTritonServer]
 
 

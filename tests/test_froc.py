@@ -415,7 +415,6 @@ ASAP_XML = """<?xml version="1.0"?>
 
 
 def test_cli_xml_ground_truth_with_images(tmp_path: Path) -> None:
-    pytest.importorskip("wsi_tumor.data.annotations")
     # A 2048 x 2048 slide at 0.25 um/px; the XML square covers level-0 320..1600, i.e.
     # level-5 cells 10..50. Detections: 0.9 inside (hit), 0.5 at cell (60, 60) (FP).
     # thresholds 0.5, 0.9 -> FP 1, 0; TP 1, 1; then (0, 0): reversed x [0, 0, 1],
@@ -435,9 +434,6 @@ def test_cli_xml_ground_truth_with_images(tmp_path: Path) -> None:
     args: list[str | Path] = ["--detections", det, "--ground-truth", gt]
     with pytest.raises(EvaluationError, match=r"s\.xml: XML ground truth needs .* --images"):
         evaluate_directory(det, gt, FrocConfig.build())  # no --images: size unknown
-    slide_mod = pytest.importorskip("wsi_tumor.slide")
-    if not hasattr(slide_mod, "open_slide"):
-        pytest.skip("wsi_tumor.slide.open_slide not written yet")
     assert run_cli(*args, "--out", tmp_path / "o", "--images", images) == 0
     report = json.loads((tmp_path / "o" / "froc.json").read_text())
     assert report["froc"] == pytest.approx(1.0)
@@ -451,7 +447,6 @@ def test_xml_ground_truth_with_known_geometry(
 ) -> None:
     # Same square and detections as above, with the slide geometry given directly
     # (2048 x 2048 at 0.243 um/px) instead of read from an image: score 1 (see above).
-    pytest.importorskip("wsi_tumor.data.annotations")
     from wsi_tumor.evaluation import evaluate
     from wsi_tumor.evaluation.groundtruth import SlideGeometry
 

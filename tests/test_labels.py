@@ -85,7 +85,6 @@ def _size(_: Path) -> tuple[int, int]:
 
 @pytest.mark.parametrize("fmt", ["json", "xml"])
 def test_labels_agree_with_hand_checked_polygon(tmp_path: Path, fmt: str) -> None:
-    pytest.importorskip("wsi_tumor.data.annotations")
     root = _dataset(tmp_path, fmt)
     rows = make_labels([root / "coords.txt"], root / "images", root / "ann", _size)
     assert [(r.slide, r.x, r.y, r.labels) for r in rows] == [

@@ -35,7 +35,8 @@ def test_state_dict_matches_monai_layout() -> None:
 
 
 def test_monai_torchvision_fc_model_loads_ours_strict() -> None:
-    nets = pytest.importorskip("monai.networks.nets")
+    from monai.networks import nets
+
     torch.manual_seed(0)
     ours = build_model().eval()
     theirs = nets.TorchVisionFCModel(

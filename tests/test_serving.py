@@ -9,13 +9,10 @@ import numpy as np
 import pytest
 
 from wsi_tumor import contract
+from wsi_tumor.data.samples import REAL_HE
 from wsi_tumor.errors import RequestError
 from wsi_tumor.serving import MAX_PATCHES_PER_REQUEST, max_regions_per_request
 from wsi_tumor.serving.tiling import assemble_grid, cells_for_region, tile_regions
-
-REAL_HE = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "real_he" / "OS-1-detail.ome.tif"
-)
 
 
 def _ramp_regions(count: int, cells: int) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy.typing as npt
 import pytest
 import tifffile
 
+from wsi_tumor.data.samples import REAL_HE
 from wsi_tumor.errors import (
     ConfigError,
     MissingResolutionError,
@@ -27,13 +28,6 @@ from wsi_tumor.errors import (
 from wsi_tumor.slide import FILL_VALUE, READERS, VirtualSlide, inspect_slide, open_slide
 from wsi_tumor.slide.virtual import halve
 
-REAL_HE = (
-    Path(__file__).resolve().parents[1].parent
-    / "shared"
-    / "data"
-    / "real_he"
-    / "OS-1-detail.ome.tif"
-)
 MPP = 0.243
 WIDTH, HEIGHT, TILE = 2048, 1536, 256
 

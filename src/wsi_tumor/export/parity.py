@@ -12,14 +12,13 @@ import numpy.typing as npt
 import torch
 
 from wsi_tumor import contract
+from wsi_tumor.data.samples import REAL_HE
 from wsi_tumor.errors import ExportError, SlideError
 from wsi_tumor.export.onnx_export import ProbabilityHead
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PARITY_IMAGE: Final = (
-    Path(__file__).resolve().parents[4] / "shared" / "data" / "real_he" / "OS-1-detail.ome.tif"
-)
+DEFAULT_PARITY_IMAGE: Final = REAL_HE
 """The real H&E image (1101 x 1101, OpenSlide test data) patches come from by default."""
 FP32_TOLERANCE: Final = 1e-4
 """Max |probability difference| ONNX Runtime (fp32) may show against PyTorch."""

@@ -77,6 +77,7 @@ class LocalTritonServer:
     grpc_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _owns_log: bool = field(default=False, init=False, repr=False)
 
     @property
     def http_url(self) -> str:
@@ -87,6 +88,11 @@ class LocalTritonServer:
     def grpc_url(self) -> str:
         """``127.0.0.1:PORT`` of the gRPC endpoint."""
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the server (its stubs are its children), None when not started."""
+        return None if self._process is None else self._process.pid
 
     @property
     def running(self) -> bool:
@@ -108,7 +114,7 @@ class LocalTritonServer:
         if self.log_path is None:
             handle, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(handle)
-            self.log_path = Path(name)
+            self.log_path, self._owns_log = Path(name), True
         command = [
             str(binary),
             f"--model-repository={repository.resolve()}",
@@ -141,10 +147,12 @@ class LocalTritonServer:
         url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             if not self.running:
-                raise ServerError(
+                message = (
                     f"tritonserver exited with code {self._process_code()} while starting on "
                     f"{self.repository}:\n{self.log_tail()}"
                 )
+                self.stop()
+                raise ServerError(message)
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
@@ -152,11 +160,12 @@ class LocalTritonServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.25)
-        self.stop()
-        raise ServerError(
+        message = (
             f"tritonserver on {self.repository} not ready after {self.ready_timeout_s:.0f} s:\n"
             f"{self.log_tail()}"
         )
+        self.stop()
+        raise ServerError(message)
 
     def _process_code(self) -> int | None:
         return None if self._process is None else self._process.poll()
@@ -169,23 +178,37 @@ class LocalTritonServer:
         return "\n".join(text[-lines:])
 
     def stop(self) -> None:
-        """Stop the server and its backend stubs (SIGTERM to the group, SIGKILL on timeout)."""
+        """Stop the server and its backend stubs (SIGTERM to the group, SIGKILL on timeout).
+
+        The group is killed even when the server itself already died, so no Python-backend
+        stub outlives it. A log file this object created is removed.
+        """
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        for sig, wait_s in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                process.wait(timeout=wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                log.warning("tritonserver did not stop on %s; escalating", sig.name)
-        # Stubs share the process group; make sure none outlives the server.
+        if process.poll() is None:
+            for sig, wait_s in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 5.0)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, sig)
+                try:
+                    process.wait(timeout=wait_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    log.warning("tritonserver did not stop on %s; escalating", sig.name)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+        if self._owns_log and self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
+            self.log_path, self._owns_log = None, False
+
+    def kill(self) -> None:
+        """Kill the server and its stubs at once with SIGKILL, as a crash would (for tests)."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
     def __enter__(self) -> LocalTritonServer:
         return self.start()
