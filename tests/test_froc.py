@@ -169,9 +169,12 @@ def test_x_is_column() -> None:
 
 
 def test_detection_outside_mask() -> None:
-    labels, itc = lesion_labels()
-    with pytest.raises(EvaluationError, match=r"t: detection 2 at x=320, y=16 .* outside"):
-        evaluate_slide("t", [(0.5, 16, 16), (0.5, 320, 16)], labels, itc)  # col 10 of 10
+    labels, itc = lesion_labels()  # 10 columns at level 5: x in [0, 320)
+    # col 10 is the one partial cell a rounded-down mask level may lack: it counts in col 9
+    edge = evaluate_slide("t", [(0.5, 16, 16), (0.5, 320, 16)], labels, itc)
+    assert edge.num_detections == 2
+    with pytest.raises(EvaluationError, match=r"t: detection 2 at x=352, y=16 .* outside"):
+        evaluate_slide("t", [(0.5, 16, 16), (0.5, 352, 16)], labels, itc)  # col 11 of 10
 
 
 def test_float32_lesion_quirk_matches_organisers() -> None:
@@ -362,9 +365,9 @@ def test_cli_errors(
     assert run_cli("--detections", det_dir, "--ground-truth", gt_dir, "--out", out) == 1
     assert "tumour_1.csv:2: expected 3 fields" in capsys.readouterr().err
 
-    write_csv(det_dir / "tumour_1.csv", [(0.9, 100 * CELL, 16)])  # col 100 of a 100-col mask
+    write_csv(det_dir / "tumour_1.csv", [(0.9, 101 * CELL, 16)])  # col 101 of a 100-col mask
     assert run_cli("--detections", det_dir, "--ground-truth", gt_dir, "--out", out) == 1
-    assert "tumour_1: detection 1 at x=3200, y=16" in capsys.readouterr().err
+    assert "tumour_1: detection 1 at x=3232, y=16" in capsys.readouterr().err
 
     write_csv(det_dir / "tumour_1.csv", [])
     write_mask(gt_dir / "tumour_1_mask.tif", TUMOUR_1, levels=5)

@@ -65,6 +65,14 @@ def test_nms_orientation_rows_are_y() -> None:
     np.testing.assert_allclose(nms(m.T, level=6), [[0.9, 1.5 * 64, 8.5 * 64]])
 
 
+def test_nms_clips_partial_last_cell_centres_to_the_slide() -> None:
+    m = np.zeros((2, 3))
+    m[1, 2] = 0.9  # last cell of a 150 x 100 px slide at level 6: centre (160, 96)
+    np.testing.assert_allclose(nms(m, level=6), [[0.9, 160, 96]])
+    np.testing.assert_allclose(nms(m, level=6, size=(150, 100)), [[0.9, 149, 96]])
+    np.testing.assert_allclose(nms_monai(m, level=6, size=(150, 90)), [[0.9, 149, 89]])
+
+
 def test_nms_ties_follow_each_reference() -> None:
     m = np.zeros((8, 8))
     m[0, 3] = 1.0  # (x=3, y=0)

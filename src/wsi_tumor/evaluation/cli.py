@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from wsi_tumor.errors import ConfigError, WsiTumorError
+from wsi_tumor.evaluation.nms import NMS_BOX, NMS_RADIUS, NMS_THRESHOLD
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="level-0 um/px for every slide (default: the slide's, else 0.243)",
     )
-    p.add_argument("--nms-radius", type=int, default=12, help="NCRF NMS radius (cells)")
-    p.add_argument("--nms-box", type=int, default=48, help="MONAI NMS box size (cells)")
-    p.add_argument("--nms-threshold", type=float, default=0.5, help="NMS stopping probability")
+    p.add_argument("--nms-radius", type=int, default=NMS_RADIUS, help="NCRF NMS radius (cells)")
+    p.add_argument("--nms-box", type=int, default=NMS_BOX, help="MONAI NMS box size (cells)")
+    p.add_argument(
+        "--nms-threshold", type=float, default=NMS_THRESHOLD, help="NMS stopping probability"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     p.add_argument("--verbose", action="store_true", help="log per-slide details")
     return p  # fmt: skip

@@ -37,7 +37,15 @@ from wsi_tumor.evaluation.masks import (
     itc_labels,
     itc_threshold_px,
 )
-from wsi_tumor.evaluation.nms import Detections, nms, nms_monai, read_detections
+from wsi_tumor.evaluation.nms import (
+    NMS_BOX,
+    NMS_RADIUS,
+    NMS_THRESHOLD,
+    Detections,
+    nms,
+    nms_monai,
+    read_detections,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +71,9 @@ class FrocConfig:
     level: int = 5
     map_level: int | None = None
     mpp: float | None = None
-    nms_radius: int = 12
-    nms_box: int = 48
-    nms_threshold: float = 0.5
+    nms_radius: int = NMS_RADIUS
+    nms_box: int = NMS_BOX
+    nms_threshold: float = NMS_THRESHOLD
     eval_fps: tuple[float, ...] = EVAL_FPS
 
     @classmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +23,12 @@ from wsi_tumor.errors import EvaluationError
 logger = logging.getLogger(__name__)
 
 CSV_HEADER = "prob,x,y"
+NMS_RADIUS: Final = 12
+"""NCRF's suppression radius in level-6 cells."""
+NMS_BOX: Final = 48
+"""MONAI ``LesionFROC``'s suppression box in cells."""
+NMS_THRESHOLD: Final = 0.5
+"""NMS stops once the remaining maximum is <= this probability (NCRF and MONAI)."""
 """Optional first line of a detections CSV; :func:`write_detections` omits it by default."""
 
 Detections = npt.NDArray[np.float64]
@@ -40,6 +47,7 @@ def _greedy_nms(
     upper: int,
     threshold: float,
     x_major: bool,
+    size: tuple[int, int] | None,
 ) -> Detections:
     """Pick maxima > ``threshold`` greedily, suppressing the box [c - lower, c + upper).
 
@@ -79,11 +87,20 @@ def _greedy_nms(
         c0, c1 = max(c - lower, 0), min(c + upper, n_cols)
         suppressed[r0:r1, c0:c1] = True
     logger.debug("NMS kept %d of %d cells above %.3f", len(picked), rows.size, threshold)
-    return np.asarray(picked, dtype=np.float64).reshape(-1, 3)
+    detections = np.asarray(picked, dtype=np.float64).reshape(-1, 3)
+    if size is not None:
+        # The centre of a last, partial mask cell can lie past the slide's edge.
+        np.minimum(detections[:, 1], size[0] - 1, out=detections[:, 1])
+        np.minimum(detections[:, 2], size[1] - 1, out=detections[:, 2])
+    return detections
 
 
 def nms(
-    prob_map: npt.ArrayLike, level: int, radius: int = 12, threshold: float = 0.5
+    prob_map: npt.ArrayLike,
+    level: int,
+    radius: int = NMS_RADIUS,
+    threshold: float = NMS_THRESHOLD,
+    size: tuple[int, int] | None = None,
 ) -> Detections:
     """NCRF-style non-maximum suppression of a (rows, cols) probability map.
 
@@ -98,6 +115,8 @@ def nms(
         level: Level of the map; one cell is 2**level level-0 pixels.
         radius: Suppression radius in cells (NCRF default 12 at level 6); must be >= 1.
         threshold: Stop when the remaining maximum is <= this value (>= 0).
+        size: Level-0 (w, h) of the slide: coordinates are clipped to ``w - 1``/``h - 1``
+            (the centre of a partial last cell can lie outside the slide).
 
     Returns:
         (n, 3) float64 (prob, x, y), level-0 coordinates of cell centres,
@@ -108,11 +127,15 @@ def nms(
     """
     if radius < 1:
         raise EvaluationError(f"NMS radius must be >= 1 cell, got {radius}")
-    return _greedy_nms(prob_map, level, radius, radius, threshold, x_major=True)
+    return _greedy_nms(prob_map, level, radius, radius, threshold, x_major=True, size=size)
 
 
 def nms_monai(
-    prob_map: npt.ArrayLike, level: int, box_size: int = 48, threshold: float = 0.5
+    prob_map: npt.ArrayLike,
+    level: int,
+    box_size: int = NMS_BOX,
+    threshold: float = NMS_THRESHOLD,
+    size: tuple[int, int] | None = None,
 ) -> Detections:
     """MONAI ``PathologyProbNMS`` on a (rows, cols) map: box ``[c - b // 2, c + b - b // 2)``.
 
@@ -125,6 +148,7 @@ def nms_monai(
         level: Level of the map.
         box_size: Side of the suppressed box in cells (MONAI default 48); must be >= 1.
         threshold: Stop when the remaining maximum is <= this value (>= 0).
+        size: Level-0 (w, h) of the slide to clip coordinates to, as in :func:`nms`.
 
     Returns:
         (n, 3) float64 (prob, x, y) at level-0 cell centres, highest first.
@@ -135,7 +159,9 @@ def nms_monai(
     if box_size < 1:
         raise EvaluationError(f"NMS box size must be >= 1 cell, got {box_size}")
     lower = box_size // 2
-    return _greedy_nms(prob_map, level, lower, box_size - lower, threshold, x_major=False)
+    return _greedy_nms(
+        prob_map, level, lower, box_size - lower, threshold, x_major=False, size=size
+    )
 
 
 def read_detections(path: str | Path) -> Detections:
