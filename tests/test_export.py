@@ -138,3 +138,23 @@ def test_cli_reports_a_foreign_checkpoint(tmp_path: Path, capsys) -> None:
         ]
     )
     assert rc == 1 and "other.pt: not a TumorResNetFCN checkpoint" in capsys.readouterr().err
+
+
+def test_failed_parity_leaves_no_model_in_the_repository(
+    tmp_path: Path, seeded_state, capsys
+) -> None:
+    """Weights are checked in a staging folder: a parity failure writes nothing servable."""
+    checkpoint = tmp_path / "ckpt.pt"
+    torch.save({"model": seeded_state}, checkpoint)
+    repository = tmp_path / "repo"
+    argv = ["--checkpoint", str(checkpoint), "--repository", str(repository), "--quiet",
+            "--runtime", "python-onnxruntime", "--parity-patches", "4"]  # fmt: skip
+    # ONNX Runtime differs from PyTorch by ~1e-7 here: a 1e-12 tolerance must fail
+    assert main([*argv, "--tolerance", "1e-12"]) == 1
+    assert "exceeds the tolerance" in capsys.readouterr().err
+    assert not list(repository.rglob("model.onnx"))
+    assert not any(p.name.startswith(".wsi-export-") for p in tmp_path.iterdir())
+    assert main(argv) == 0
+    weights = repository / contract.CLASSIFIER_MODEL / "1" / "model.onnx"
+    assert weights.is_file() and weights.stat().st_size > 1_000_000
+    assert not any(p.name.startswith(".wsi-export-") for p in tmp_path.iterdir())

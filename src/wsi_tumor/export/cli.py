@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -114,6 +116,10 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
 def run_export(config: ExportConfig) -> ExportResult:
     """Export, check and write the repository as ``config`` says.
 
+    The weights are built and checked in a staging folder beside the repository and moved
+    into it only once every check passed, so a failed export never leaves an unchecked model
+    where the server would load it.
+
     Raises:
         CheckpointError: unreadable or foreign checkpoint.
         ExportError: parity above tolerance, TensorRT/GPU missing, export failure.
@@ -136,43 +142,51 @@ def run_export(config: ExportConfig) -> ExportResult:
 
         require_tensorrt()  # fail before any slow work
     model = load_model(config.checkpoint)
-    version_dir = config.repository / contract.CLASSIFIER_MODEL / VERSION
-    onnx_path = version_dir / ONNX_FILE
-    exporter = export_onnx(model, onnx_path)
-    inputs = parity.to_network_input(
-        parity.sample_patches(config.parity_slide, config.parity_patches)
-    )
-    onnx_probs = parity.onnx_probabilities(onnx_path, inputs)
-    torch_probs = parity.torch_probabilities(model, inputs)
-    onnx_tol = config.tolerance if config.format == "onnx" and config.tolerance else None
-    onnx_diff = parity.check_parity(
-        torch_probs, onnx_probs, onnx_tol or parity.FP32_TOLERANCE, "ONNX Runtime vs PyTorch"
-    )
-    plan_path, plan_diff = None, None
-    if config.format == "tensorrt":
-        from wsi_tumor.export.tensorrt_build import build_plan, plan_probabilities
+    repository = config.repository.resolve()
+    repository.mkdir(parents=True, exist_ok=True)
+    version_dir = repository / contract.CLASSIFIER_MODEL / VERSION
+    # Staged beside (not inside) the repository: Triton would take a folder in it for a model.
+    with tempfile.TemporaryDirectory(prefix=".wsi-export-", dir=repository.parent) as tmp:
+        staged = Path(tmp)
+        exporter = export_onnx(model, staged / ONNX_FILE)
+        inputs = parity.to_network_input(
+            parity.sample_patches(config.parity_slide, config.parity_patches)
+        )
+        onnx_probs = parity.onnx_probabilities(staged / ONNX_FILE, inputs)
+        torch_probs = parity.torch_probabilities(model, inputs)
+        onnx_tol = config.tolerance if config.format == "onnx" and config.tolerance else None
+        onnx_diff = parity.check_parity(
+            torch_probs, onnx_probs, onnx_tol or parity.FP32_TOLERANCE, "ONNX Runtime vs PyTorch"
+        )
+        plan_diff = None
+        if config.format == "tensorrt":
+            from wsi_tumor.export.tensorrt_build import build_plan, plan_probabilities
 
-        calibration = None
-        if config.precision == "int8":
-            calibration = parity.to_network_input(
-                parity.sample_patches(config.parity_slide, CALIBRATION_PATCHES, seed=1)
+            calibration = None
+            if config.precision == "int8":
+                calibration = parity.to_network_input(
+                    parity.sample_patches(config.parity_slide, CALIBRATION_PATCHES, seed=1)
+                )
+            build_plan(
+                staged / ONNX_FILE,
+                staged / PLAN_FILE,
+                config.precision,  # type: ignore[arg-type]
+                MAX_PATCHES_PER_REQUEST,
+                calibration=calibration,
             )
-        plan_path = build_plan(
-            onnx_path,
-            version_dir / PLAN_FILE,
-            config.precision,  # type: ignore[arg-type]
-            MAX_PATCHES_PER_REQUEST,
-            calibration=calibration,
-        )
-        tolerance = config.tolerance or parity.TENSORRT_TOLERANCE[config.precision]
-        plan_diff = parity.check_parity(
-            onnx_probs,
-            plan_probabilities(plan_path, inputs),
-            tolerance,
-            f"TensorRT {config.precision} vs ONNX Runtime",
-        )
-    write_repository(config.repository, runtime)
-    return ExportResult(runtime, onnx_path, plan_path, exporter, onnx_diff, plan_diff)
+            tolerance = config.tolerance or parity.TENSORRT_TOLERANCE[config.precision]
+            plan_diff = parity.check_parity(
+                onnx_probs,
+                plan_probabilities(staged / PLAN_FILE, inputs),
+                tolerance,
+                f"TensorRT {config.precision} vs ONNX Runtime",
+            )
+        version_dir.mkdir(parents=True, exist_ok=True)
+        for weights in sorted(staged.iterdir()):
+            os.replace(weights, version_dir / weights.name)
+    write_repository(repository, runtime)
+    plan_path = version_dir / PLAN_FILE if config.format == "tensorrt" else None
+    return ExportResult(runtime, version_dir / ONNX_FILE, plan_path, exporter, onnx_diff, plan_diff)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
