@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_tumor.errors import WsiTumorError
+from wsi_tumor.slide import READERS
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--reader", choices=("cucim", "openslide"), default=defaults.reader)
+    parser.add_argument("--reader", choices=READERS, default=defaults.reader)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 

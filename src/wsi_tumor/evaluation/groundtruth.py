@@ -20,10 +20,10 @@ import numpy.typing as npt
 from wsi_tumor.contract import DEFAULT_MPP
 from wsi_tumor.errors import EvaluationError, WsiTumorError
 from wsi_tumor.evaluation.masks import binarise_mask, read_mask_level
+from wsi_tumor.slide import SLIDE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
-SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi")
 """Extensions tried for ``<images>/<slide>``."""
 
 

@@ -29,10 +29,13 @@ log = logging.getLogger(__name__)
 ReaderName = Literal["cucim", "openslide"]
 READERS: tuple[ReaderName, ...] = ("cucim", "openslide")
 """Reader backends :func:`open_slide` accepts, the default first."""
+SLIDE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".svs", ".ndpi")
+"""File endings of the TIFF-family slides the readers open (CAMELYON16 ships .tif)."""
 
 __all__ = [
     "FILL_VALUE",
     "READERS",
+    "SLIDE_SUFFIXES",
     "ReaderName",
     "SlideInfo",
     "SlideReader",

@@ -13,9 +13,9 @@ from typing import Any, Final, get_args
 import yaml
 
 from wsi_tumor.errors import ConfigError
+from wsi_tumor.slide import READERS
 from wsi_tumor.training.grid import GRID_SPLITS, GridSplit
 
-READERS: Final = ("cucim", "openslide")
 DEVICES: Final = ("auto", "cpu", "cuda")
 TRAIN_CSV: Final = "training.csv"
 VALID_CSV: Final = "validation.csv"

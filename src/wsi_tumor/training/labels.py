@@ -19,11 +19,11 @@ from typing import Final
 import numpy as np
 
 from wsi_tumor.errors import LabelError, WsiTumorError
+from wsi_tumor.slide import SLIDE_SUFFIXES
 from wsi_tumor.training.grid import NUM_CELLS, cell_centres_csv_order
 
 log = logging.getLogger(__name__)
 
-SLIDE_SUFFIXES: Final = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs")
 ANNOTATION_SUFFIXES: Final = (".json", ".xml")
 
 SlideSizeFn = Callable[[Path], tuple[int, int]]

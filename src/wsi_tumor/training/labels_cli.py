@@ -22,7 +22,8 @@ from typing import Final
 
 from wsi_tumor.data import layout
 from wsi_tumor.errors import ConfigError, WsiTumorError
-from wsi_tumor.training.config import IMAGES_DIR, READERS, TRAIN_CSV, VALID_CSV
+from wsi_tumor.slide import READERS
+from wsi_tumor.training.config import IMAGES_DIR, TRAIN_CSV, VALID_CSV
 from wsi_tumor.training.labels import make_labels, reader_slide_size, write_label_csv
 
 log = logging.getLogger(__name__)
