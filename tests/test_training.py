@@ -315,13 +315,25 @@ def test_torchrun_two_process_gloo(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cpu_run_reaches_validation_accuracy(tmp_path: Path) -> None:
-    root = write_synthetic(tmp_path / "ds", 64, 16, seed=1)
-    result = _run(root, tmp_path / "o", "--epochs", "3", "--batch-size", "2", "--workers", "2",
-                  "--max-steps-per-epoch", "10", "--lr", "1e-3")
-    curve = [(h["valid_accuracy"], h["train_patches_per_s"]) for h in result.history]
+def test_cpu_run_on_wsi_synth_slides_reaches_validation_accuracy(tmp_path: Path) -> None:
+    """A few CPU minutes on real pyramidal TIFFs from wsi-synth give >= 0.9 patch accuracy."""
+    from wsi_tumor.data.synthetic import SynthConfig, generate
+    from wsi_tumor.training.cli import main as train_main
+    from wsi_tumor.training.labels_cli import main as labels_main
+
+    data = tmp_path / "data"
+    generate(SynthConfig(out=data, train=4, valid=2, test=0, size=4096, seed=3, coords=200,
+                         valid_coords=40, quiet=True))
+    assert labels_main([str(data), "--quiet"]) == 0
+    out = tmp_path / "run"
+    assert train_main([str(data), "--out", str(out), "--quiet", "--device", "cpu",
+                       "--epochs", "2", "--batch-size", "4", "--workers", "2",
+                       "--max-steps-per-epoch", "25", "--max-valid-steps", "10"]) == 0
+    history = torch.load(out / "last.pt", weights_only=False)["history"]
+    curve = [(h["valid_accuracy"], h["train_patches_per_s"]) for h in history]
     print("valid accuracy / train patches/s per epoch:", curve)
-    assert result.history[-1]["valid_accuracy"] >= 0.9, curve
+    assert len(history) == 2
+    assert max(h["valid_accuracy"] for h in history) >= 0.9, curve
 
 
 if __name__ == "__main__":  # torchrun driver for test_torchrun_two_process_gloo
