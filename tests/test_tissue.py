@@ -71,6 +71,22 @@ def test_mask_from_nearest_finer_level_matches_exact_level() -> None:
     np.testing.assert_array_equal(tissue_mask(coarse), expected_cells())
 
 
+@pytest.mark.parametrize("levels", [MASK_LEVEL + 1, 4])
+def test_mask_never_reads_level_0(levels: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mask comes from the mask level or the nearest finer one, never from level 0."""
+    slide = VirtualSlide(synthetic(), levels=levels)
+    read_levels: list[int] = []
+    original = slide.read_region
+
+    def spy(location: tuple[int, int], size: tuple[int, int], level: int = 0) -> Any:
+        read_levels.append(level)
+        return original(location, size, level)
+
+    monkeypatch.setattr(slide, "read_region", spy)
+    np.testing.assert_array_equal(tissue_mask(slide), expected_cells())
+    assert read_levels and min(read_levels) == min(levels - 1, MASK_LEVEL)
+
+
 def test_mask_on_odd_sized_slide() -> None:
     image = synthetic(2000, 1500)
     for levels in (3, MASK_LEVEL + 1):
