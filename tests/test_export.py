@@ -120,7 +120,7 @@ def test_tensorrt_without_package_or_gpu_is_a_clear_error(tmp_path: Path, capsys
 )
 def test_cli_rejects_bad_flags(tmp_path: Path, capsys, argv, message) -> None:
     rc = main(["--checkpoint", str(tmp_path / "x.pt"), "--repository", str(tmp_path), *argv])
-    assert rc == 1 and message in capsys.readouterr().err
+    assert rc == 2 and message in capsys.readouterr().err  # ConfigError: a usage error
 
 
 def test_cli_reports_a_foreign_checkpoint(tmp_path: Path, capsys) -> None:

@@ -151,7 +151,7 @@ def test_label_row_csv_fields() -> None:
     assert row.as_csv() == ["a", "1", "2", "0", "1", "0", "0", "0", "0", "0", "0", "1"]
 
 
-def test_cli_reports_one_line_and_exit_2(
+def test_cli_reports_one_line_and_exit_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = _dataset(tmp_path, "json")
@@ -161,6 +161,6 @@ def test_cli_reports_one_line_and_exit_2(
         "--train-coords", str(root / "coords.txt"), "--out-dir", str(root), "--quiet",
     ])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
+    assert code == 1  # EXIT_FAILURE: bad input (bad flags would be 2)
     assert len(err) == 1
     assert "coords.txt:1: slide 'tumor_404' not found" in err[0]

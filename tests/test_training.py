@@ -188,7 +188,7 @@ def test_foreign_checkpoint_is_checkpoint_error(tmp_path: Path) -> None:
         load_training_checkpoint(tmp_path / "bare.pt")
 
 
-def test_cli_foreign_checkpoint_exits_2(
+def test_cli_foreign_checkpoint_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from torchvision.models import resnet18
@@ -197,16 +197,16 @@ def test_cli_foreign_checkpoint_exits_2(
     code = cli.main([str(tmp_path), "--out", str(tmp_path / "o"), "--init-from",
                      str(tmp_path / "other.pt"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1
+    assert code == 1 and len(err) == 1  # EXIT_FAILURE: bad input, not bad flags
     assert err[0].startswith("wsi-train: error: ") and "other.pt: not a TumorResNetFCN" in err[0]
 
 
-def test_cli_missing_slide_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_missing_slide_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "images").mkdir()
     (tmp_path / "training.csv").write_text("tumor_001,800,800,0,0,0,0,0,0,0,0,0\n")
     code = cli.main([str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1
+    assert code == 1 and len(err) == 1  # EXIT_FAILURE: bad input, not bad flags
     assert "training.csv:1: slide 'tumor_001' not found" in err[0]
 
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wsi_tumor.errors import WsiTumorError
+from wsi_tumor.errors import WsiTumorError, report_error
 from wsi_tumor.slide import READERS
 
 log = logging.getLogger(__name__)
@@ -258,8 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_stage(stage)
         summary = write_summary(config, paths, stages)
     except WsiTumorError as exc:
-        print(f"wsi-demo: error: {exc}", file=sys.stderr)
-        return 1
+        return report_error("wsi-demo", exc)
     froc = _read_json(paths.froc / "froc.json")["froc"]
     total = sum(s.seconds for s in stages)
     print(

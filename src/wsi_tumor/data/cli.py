@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wsi_tumor.data.synthetic import SynthConfig, generate
-from wsi_tumor.errors import WsiTumorError
+from wsi_tumor.errors import WsiTumorError, report_error
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.perf_counter()
         specs = generate(config)
     except WsiTumorError as exc:
-        print(f"wsi-synth: error: {exc}", file=sys.stderr)
-        return 2
+        return report_error("wsi-synth", exc)
     logger.info(
         "wrote %d slides to %s in %.1f s", len(specs), args.out, time.perf_counter() - start
     )

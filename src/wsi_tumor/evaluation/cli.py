@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from wsi_tumor.errors import ConfigError, WsiTumorError
+from wsi_tumor.errors import WsiTumorError, report_error
 from wsi_tumor.evaluation.nms import NMS_BOX, NMS_RADIUS, NMS_THRESHOLD
 
 logger = logging.getLogger(__name__)
@@ -91,12 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.detections, args.ground_truth, config, args.images, progress=not args.quiet
         )
         paths = write_report(args.out, report)
-    except ConfigError as exc:
-        print(f"wsi-froc: error: {exc}", file=sys.stderr)
-        return 2
     except WsiTumorError as exc:
-        print(f"wsi-froc: error: {exc}", file=sys.stderr)
-        return 1
+        return report_error("wsi-froc", exc)
     results = [r.result for r in report.slides]
     print(
         f"FROC {report.score:.4f} ({config.protocol}, level {config.level}) over "

@@ -6,14 +6,13 @@ import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from wsi_tumor import contract
-from wsi_tumor.errors import ConfigError, WsiTumorError
+from wsi_tumor.errors import ConfigError, WsiTumorError, report_error
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
         result = run_export(config)
     except WsiTumorError as exc:
-        print(f"wsi-export: error: {exc}", file=sys.stderr)
-        return 1
+        return report_error("wsi-export", exc)
     summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
     summary["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
     log.info("export done: %s", json.dumps(summary))

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from wsi_tumor import contract
-from wsi_tumor.errors import WsiTumorError
+from wsi_tumor.errors import WsiTumorError, report_error
 from wsi_tumor.serving.perf import (
     TYPICAL_TISSUE_FRACTION,
     PerfResult,
@@ -119,8 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with LocalTritonServer(args.repository) as server:
                     results = sweep(args, server.grpc_url, Path(tmp))
     except WsiTumorError as exc:
-        print(f"perf_models: error: {exc}", file=sys.stderr)
-        return 1
+        return report_error("perf_models", exc)
     print(
         f"{'model':18} {'b':>3} {'c':>3} {'infer/s':>9} {'patches/s':>10} "
         f"{'p50 ms':>8} {'p99 ms':>8}"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Final, Literal, get_args
 
 from wsi_tumor import contract
-from wsi_tumor.errors import ExportError
+from wsi_tumor.errors import ConfigError, ExportError
 from wsi_tumor.serving.limits import (
     MAX_PATCHES_PER_REQUEST,
     MAX_QUEUE_DELAY_US,
@@ -249,18 +249,18 @@ def resolve_runtime(requested: str, fmt: str) -> Runtime:
     server's backend directory holds an onnxruntime backend, else python-onnxruntime.
 
     Raises:
-        ExportError: when the runtime does not fit the format.
+        ConfigError: when the runtime does not fit the format, or is unknown.
     """
     if fmt == "tensorrt":
         if requested not in ("auto", "tensorrt"):
-            raise ExportError(f"--format tensorrt needs --runtime tensorrt, got {requested}")
+            raise ConfigError(f"--format tensorrt needs --runtime tensorrt, got {requested}")
         return "tensorrt"
     if requested == "tensorrt":
-        raise ExportError("--runtime tensorrt needs --format tensorrt (a plan)")
+        raise ConfigError("--runtime tensorrt needs --format tensorrt (a plan)")
     if requested in ("onnxruntime", "python-onnxruntime"):
         return requested  # type: ignore[return-value]
     if requested != "auto":
-        raise ExportError(f"unknown runtime {requested!r}")
+        raise ConfigError(f"unknown runtime {requested!r}")
     backends = find_backend_directory()
     if backends is not None and (backends / "onnxruntime").is_dir():
         log.info("runtime auto: %s has an onnxruntime backend", backends)

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from wsi_tumor.errors import WsiTumorError
+from wsi_tumor.errors import WsiTumorError, report_error
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         result = train(cfg)
     except WsiTumorError as exc:
-        sys.stderr.write(f"wsi-train: error: {exc}\n")
-        return 2
+        return report_error("wsi-train", exc)
     if result.history:
         last = result.history[-1]
         log.info("done: valid accuracy %.4f; best checkpoint %s", last["valid_accuracy"],

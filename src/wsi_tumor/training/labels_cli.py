@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from wsi_tumor.data import layout
-from wsi_tumor.errors import ConfigError, WsiTumorError
+from wsi_tumor.errors import ConfigError, WsiTumorError, report_error
 from wsi_tumor.slide import READERS
 from wsi_tumor.training.config import IMAGES_DIR, TRAIN_CSV, VALID_CSV
 from wsi_tumor.training.labels import make_labels, reader_slide_size, write_label_csv
@@ -92,8 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("%s: %d regions, %d of %d cells tumour", path, len(rows), positives,
                      9 * len(rows))
     except WsiTumorError as exc:
-        sys.stderr.write(f"wsi-labels: error: {exc}\n")
-        return 2
+        return report_error("wsi-labels", exc)
     return 0
 
 
