@@ -147,6 +147,7 @@ def run_perf_analyzer(
     max_trials: int = 5,
     stability_percent: int = 20,
     request_count: int | None = None,
+    window_requests: int | None = None,
     timeout_s: float = 600.0,
 ) -> PerfResult:
     """Measure one (batch size, concurrency) point of ``model`` over gRPC.
@@ -165,6 +166,9 @@ def run_perf_analyzer(
         stability_percent: Allowed spread between windows.
         request_count: Send exactly this many requests and report them, with no stability
             search (fast and deterministic in length; for smoke tests on busy machines).
+        window_requests: Use ``count_windows`` mode: each window holds at least this many
+            requests (and lasts at least ``measurement_ms``); steadier than time windows when
+            one request takes seconds.
         timeout_s: Wall-clock limit of the run.
 
     Raises:
@@ -179,6 +183,11 @@ def run_perf_analyzer(
         command += ["--request-count", str(request_count)]
     else:
         command += ["-p", str(measurement_ms), "-r", str(max_trials), "-s", str(stability_percent)]
+        if window_requests is not None:
+            command += [
+                "--measurement-mode", "count_windows",
+                "--measurement-request-count", str(window_requests),
+            ]  # fmt: skip
     for shape in shapes:
         command += ["--shape", shape]
     log.info("running %s", " ".join(command))

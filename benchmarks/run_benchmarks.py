@@ -1,0 +1,8 @@
+"""``make bench``: perf_analyzer sweep + one slide three ways -> benchmarks/results/."""
+
+import sys
+
+from wsi_tumor.bench.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Describe the machine and the software versions a benchmark ran on."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("torch", "onnxruntime", "monai", "tritonclient", "numpy", "cucim-cu13")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or ``platform.processor()``)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def package_version(name: str) -> str:
+    """Installed version of distribution ``name``, or ``"not installed"``."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def server_version(http_url: str | None) -> str:
+    """Version a running Triton reports at ``GET /v2`` (``"unknown"`` when unreachable)."""
+    if http_url is None:
+        return "unknown"
+    try:
+        with urllib.request.urlopen(f"http://{http_url}/v2", timeout=5) as response:
+            data: dict[str, Any] = json.loads(response.read())
+    except (OSError, ValueError):
+        return "unknown"
+    return str(data.get("version", "unknown"))
+
+
+def describe_machine(http_url: str | None = None) -> dict[str, Any]:
+    """CPU model, cores, memory, OS, Python and package versions (+ tritonserver's)."""
+    import psutil
+
+    versions = {name: package_version(name) for name in PACKAGES}
+    versions["tritonserver"] = server_version(http_url)
+    return {
+        "cpu_model": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }

@@ -1,0 +1,192 @@
+"""The benchmark package: agreement check, targets, report rendering, sampling, a tiny run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wsi_tumor.bench import BenchError
+from wsi_tumor.bench.report import (
+    Target,
+    check_agreement,
+    evaluate_targets,
+    render_chart,
+    render_markdown,
+)
+from wsi_tumor.bench.resources import TreeSampler, tree_cpu_s, tree_rss_mib
+from wsi_tumor.bench.ways import statistics_delta
+
+
+def _maps(shift: float) -> dict[str, np.ndarray]:
+    base = np.random.default_rng(0).random((16, 24)).astype(np.float32)
+    changed = base.copy()
+    changed[3, 5] += np.float32(shift)
+    return {"a": base, "b": base.copy(), "c": changed}
+
+
+def test_agreement_passes_within_tolerance_and_reports_every_pair() -> None:
+    diffs = check_agreement(_maps(5e-5))
+    assert list(diffs) == ["a-b", "a-c", "b-c"]
+    assert diffs["a-b"] == 0.0
+    np.testing.assert_allclose(diffs["a-c"], 5e-5, rtol=1e-2)
+
+
+def test_agreement_fails_on_a_1e3_difference() -> None:
+    with pytest.raises(BenchError, match=r"a-c disagree: max \|diff\| 0.001 > 0.0001"):
+        check_agreement(_maps(1e-3))
+
+
+def test_agreement_fails_on_different_shapes() -> None:
+    maps = _maps(0.0)
+    maps["b"] = maps["b"][:-1]
+    with pytest.raises(BenchError, match="differ in shape"):
+        check_agreement(maps)
+
+
+def test_target_verdicts() -> None:
+    assert Target("t", 1.2, 1.0, "").verdict == "PASS"
+    assert Target("t", 0.9, 0.9, "").passed
+    assert Target("t", 0.81, 0.9, "").verdict == "MISS by 10.0 %"
+
+
+def fake_results() -> dict:
+    perf = []
+    for batch, c, classifier, detector in ((40, 1, 50.0, 46.0), (160, 1, 60.0, 50.0)):
+        perf.append(
+            {"model": "tumor_classifier", "batch_size": batch, "concurrency": c,
+             "inferences_per_s": classifier, "patches_per_s": classifier, "p50_ms": 800.0,
+             "p99_ms": 900.0, "patches_per_request": float(batch)}
+        )  # fmt: skip
+        perf.append(
+            {"model": "tumor_detector", "batch_size": 1, "concurrency": c,
+             "inferences_per_s": detector / batch, "patches_per_s": detector, "p50_ms": 850.0,
+             "p99_ms": 990.0, "patches_per_request": float(batch)}
+        )  # fmt: skip
+    way = {
+        "label": "x", "process_s": 10.0, "client_cpu_s": 5.0, "client_peak_rss_mib": 500.0,
+        "server_peak_rss_mib": None, "server_cpu_s": None, "bytes_sent": None,
+        "requests": None, "stages_s": {"read": 1.0}, "server_stats": {}, "map_path": "",
+    }  # fmt: skip
+    stats = {
+        "tumor_classifier": {
+            "requests": 4.0, "executions": 2.0, "inferences": 160.0, "queue_ms": 10.0,
+            "compute_input_ms": 1.0, "compute_infer_ms": 3000.0, "compute_output_ms": 1.0,
+        }
+    }  # fmt: skip
+    return {
+        "date": "2026-11-23T10:00:00+00:00",
+        "command": "make bench",
+        "duration_s": 600.0,
+        "machine": {
+            "cpu_model": "Test CPU",
+            "logical_cores": 2,
+            "physical_cores": 1,
+            "memory_gib": 24.0,
+            "os": "Linux",
+            "python": "3.11.7",
+            "load_average": [0.1, 0.2, 0.3],
+            "versions": {"torch": "2.14.1", "onnxruntime": "1.32", "tritonserver": "2.51.0"},
+        },
+        "slide": {"description": "synthetic"},
+        "setup": ["model: seeded"],
+        "models": {"classifier": "tumor_classifier", "detector": "tumor_detector"},
+        "perf": perf,
+        "client_batch": 160.0,
+        "ways": [
+            {**way, "key": "a", "patches": 1000, "infer_s": 50.0, "patches_per_s": 20.0},
+            {
+                **way,
+                "key": "b",
+                "patches": 1000,
+                "infer_s": 20.0,
+                "patches_per_s": 50.0,
+                "bytes_sent": 2_000_000,
+                "requests": 10,
+                "server_stats": stats,
+                "server_peak_rss_mib": 900.0,
+                "server_cpu_s": 30.0,
+            },
+            {
+                **way,
+                "key": "c",
+                "patches": 1000,
+                "infer_s": 25.0,
+                "patches_per_s": 40.0,
+                "bytes_sent": 600_000_000,
+                "requests": 10,
+                "client_cpu_s": 9.0,
+            },
+        ],
+        "agreement": {"a-b": 1e-6, "a-c": 2e-6, "b-c": 1e-6},
+        "notes": ["tuned nothing"],
+    }
+
+
+def test_targets_compare_matched_batches_and_the_client() -> None:
+    targets = evaluate_targets(fake_results())
+    measured = [round(t.measured, 3) for t in targets]
+    # b/a, detector/classifier at 40 and 160 patches, client / classifier at 160
+    assert measured == [2.5, 0.92, 0.833, 0.833]
+    assert [t.passed for t in targets] == [True, True, False, False]
+
+
+def test_report_renders_machine_targets_tables_and_ratios(tmp_path: Path) -> None:
+    results = fake_results()
+    targets = evaluate_targets(results)
+    text = render_markdown(results, targets, "throughput.png")
+    assert "Test CPU, 2 logical cores" in text and "tritonserver 2.51.0" in text
+    assert "`make bench`" in text and "2026-11-23" in text
+    assert "**PASS**" in text and "**MISS by 7.4 %**" in text
+    assert "| tumor_detector | 160 | 1 | 0.31 | 50.0 | 850 | 990 |" in text
+    assert "- b/a = 2.50 (1.00 by process wall time)" in text
+    assert "- b/c = 1.25" in text and "bytes on the wire c/b = 300.0x" in text
+    assert "| (b) | tumor_classifier | 4 | 2 | 10 | 3002 | 1501 |" in text
+    assert "![throughput](throughput.png)" in text and "- tuned nothing" in text
+    chart = render_chart(results, tmp_path / "chart.png")
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_statistics_delta_keeps_models_that_served() -> None:
+    before = {"m": {"requests": 2.0, "executions": 1.0, "inferences": 8.0, "queue_ns": 1e6,
+                    "compute_input_ns": 0.0, "compute_infer_ns": 5e6, "compute_output_ns": 0.0},
+              "idle": {"requests": 1.0, "executions": 1.0, "inferences": 1.0, "queue_ns": 0.0,
+                       "compute_input_ns": 0.0, "compute_infer_ns": 0.0,
+                       "compute_output_ns": 0.0}}  # fmt: skip
+    after = {"m": {**before["m"], "requests": 6.0, "executions": 3.0, "compute_infer_ns": 25e6},
+             "idle": before["idle"]}  # fmt: skip
+    delta = statistics_delta(before, after)
+    assert list(delta) == ["m"]
+    assert delta["m"]["requests"] == 4.0 and delta["m"]["compute_infer_ms"] == 20.0
+
+
+def test_tree_sampler_sees_this_process() -> None:
+    assert tree_rss_mib(os.getpid()) > 10 and tree_cpu_s(os.getpid()) > 0
+    with TreeSampler(interval_s=0.01) as sampler:
+        sampler.watch("me", os.getpid())
+        assert sampler.peak_mib("me") > 10
+        assert sampler.unwatch("me") > 10
+    assert tree_rss_mib(2**22 + 12345) == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+def test_tiny_end_to_end_run(tmp_path: Path) -> None:
+    from wsi_tumor.bench.cli import main
+
+    out = tmp_path / "results"
+    argv = ["--out", str(out), "--size", "2048", "--regions", "1", "--concurrency", "1",
+            "--request-count", "3", "--workdir", str(tmp_path / "work")]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {w["key"] for w in results["ways"]} == {"a", "b", "c"}
+    assert max(results["agreement"].values()) <= 1e-4
+    patches = {w["patches"] for w in results["ways"]}
+    assert len(patches) == 1 and patches.pop() > 0
+    way_b, way_c = results["ways"][1], results["ways"][2]
+    assert way_c["bytes_sent"] > 10 * way_b["bytes_sent"]
+    assert len(results["targets"]) == 3
+    assert "## Targets" in (out / "report.md").read_text() and (out / "throughput.png").is_file()
