@@ -203,6 +203,26 @@ def test_interrupted_overwrite_leaves_no_complete_looking_outputs(
     assert not list(out.glob(".*.tmp"))
 
 
+# --- client-side patches to tumor_classifier ---------------------------------------------------
+def test_classifier_endpoint_gives_the_ensembles_map(cohort_run, slides, server, tmp_path) -> None:
+    """--endpoint classifier: the client tiles, sends FP32 patches, and gets the same map."""
+    _, ensemble_out = cohort_run
+    argv = [str(slides["good"]), "--out", str(tmp_path), "--url", server.grpc_url, "--quiet"]
+    assert cli.main([*argv, "--endpoint", "classifier", "--inflight", "2"]) == 0
+    report = json.loads((tmp_path / "good.json").read_text())
+    ensemble = json.loads((ensemble_out / "good.json").read_text())
+    assert report["model"]["name"] == contract.CLASSIFIER_MODEL
+    assert report["config"]["endpoint"] == "classifier"
+    assert report["counts"]["patches"] == ensemble["counts"]["patches"]
+    np.testing.assert_allclose(
+        np.load(tmp_path / "good.npy"), np.load(ensemble_out / "good.npy"), rtol=0, atol=1e-6
+    )
+    # FP32 patches: 224 * 224 * 3 * 4 bytes each; the ensemble's uint8 regions are far fewer
+    patch_bytes = contract.PATCH_SIZE**2 * contract.CHANNELS * 4
+    assert report["bytes_sent"] == report["counts"]["patches"] * patch_bytes
+    assert ensemble["bytes_sent"] < report["bytes_sent"] / 4
+
+
 # --- embedded server --------------------------------------------------------------------------
 def test_embedded_server_without_url(slides, exported_repository, tmp_path: Path) -> None:
     argv = [str(slides["small"]), "--out", str(tmp_path), "--quiet"]
@@ -229,7 +249,7 @@ def test_server_killed_and_restarted_mid_slide_gives_the_same_map(
     done_requests: list[int] = []
 
     def restart() -> None:
-        server.stop()
+        server.kill()  # SIGKILL to the server and its stubs: a crash, not a graceful drain
         time.sleep(1.0)  # clients see connection refused for a while
         server.start()  # same ports
         restarted.set()

@@ -106,6 +106,8 @@ def test_batched_and_bad_arguments() -> None:
 class EnsembleStandIn:
     """Duck-typed TritonTransport: the real tiler and assembler around a numpy 'classifier'."""
 
+    endpoint = "detector"
+
     def __init__(self) -> None:
         self.retries = 0
         self.requests = 0
@@ -117,7 +119,9 @@ class EnsembleStandIn:
         logits = np.einsum("pchw,chw->p", patches.astype(np.float64), self.weights) / 5000
         return (1 / (1 + np.exp(-logits))).astype(np.float32)[:, None]
 
-    async def infer(self, inputs: list, regions: int, cells: int) -> np.ndarray:
+    async def infer(
+        self, inputs: list, regions: int, cells: int, cell_mask: np.ndarray | None = None
+    ) -> np.ndarray:
         from wsi_tumor.serving.tiling import assemble_grid, tile_regions
 
         image = np.frombuffer(inputs[0]._get_content(), np.uint8).reshape(inputs[0].shape())
@@ -174,7 +178,9 @@ def test_a_failed_request_fails_the_slide_with_its_own_error() -> None:
     from wsi_tumor.slide import VirtualSlide
 
     class FailingSecond(EnsembleStandIn):
-        async def infer(self, inputs: list, regions: int, cells: int) -> np.ndarray:
+        async def infer(
+        self, inputs: list, regions: int, cells: int, cell_mask: np.ndarray | None = None
+    ) -> np.ndarray:
             if self.requests == 1:
                 raise ServerError("127.0.0.1:1: inference failed: boom")
             return await super().infer(inputs, regions, cells)

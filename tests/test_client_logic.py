@@ -32,6 +32,11 @@ def test_config_from_args_is_frozen_and_resolves_request_size(tmp_path: Path) ->
     with pytest.raises(AttributeError):
         config.out = tmp_path  # type: ignore[misc]
     assert json.dumps(config.to_json())
+    assert config.endpoint == "detector" and config.served_model == contract.ENSEMBLE_MODEL
+    classifier = config_from_args(
+        build_parser().parse_args([str(tmp_path), "--out", "o", "--endpoint", "classifier"])
+    )
+    assert classifier.served_model == contract.CLASSIFIER_MODEL
 
 
 @pytest.mark.parametrize(
@@ -44,6 +49,7 @@ def test_config_from_args_is_frozen_and_resolves_request_size(tmp_path: Path) ->
         ({"nms_threshold": 1.5}, "nms-threshold"),
         ({"reader": "pil"}, "reader"),
         ({"slides": ()}, "no slide"),
+        ({"endpoint": "tiler"}, "endpoint"),
     ],
 )
 def test_config_rejects_bad_values(tmp_path: Path, overrides: dict, message: str) -> None:

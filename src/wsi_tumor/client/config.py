@@ -9,9 +9,14 @@ from typing import Any
 
 from wsi_tumor import contract
 from wsi_tumor.errors import ConfigError, RequestError
+from wsi_tumor.evaluation.nms import NMS_RADIUS, NMS_THRESHOLD
 from wsi_tumor.serving.limits import max_regions_per_request
+from wsi_tumor.slide import READERS
 
-READERS = ("cucim", "openslide")
+ENDPOINTS = ("detector", "classifier")
+"""``detector``: uint8 regions to the ensemble (it tiles on the server); ``classifier``: the
+client cuts the FP32 patches itself (the tiler's numpy code) and sends them to
+``tumor_classifier`` (to measure what server-side tiling saves)."""
 DEFAULT_REPOSITORY = Path("model_repository")
 
 
@@ -36,7 +41,9 @@ class InferConfig:
         overwrite: Recompute slides whose outputs are complete.
         quiet: No progress bars.
         verbose: Debug logging.
-        model_name: Ensemble to call.
+        model_name: Ensemble to call (``endpoint`` detector).
+        endpoint: ``detector`` (regions to the ensemble) or ``classifier`` (client-side
+            patches to ``tumor_classifier``, at most its max batch per request).
     """
 
     slides: tuple[Path, ...]
@@ -48,16 +55,21 @@ class InferConfig:
     readers: int = 4
     inflight: int = 8
     regions_per_request: int | None = None
-    nms_radius: int = 12
-    nms_threshold: float = 0.5
+    nms_radius: int = NMS_RADIUS
+    nms_threshold: float = NMS_THRESHOLD
     retry_timeout: float = 120.0
     request_timeout: float = 600.0
     overwrite: bool = False
     quiet: bool = False
     verbose: bool = False
     model_name: str = field(default=contract.ENSEMBLE_MODEL)
+    endpoint: str = "detector"
 
     def __post_init__(self) -> None:
+        if self.endpoint not in ENDPOINTS:
+            raise ConfigError(
+                f"--endpoint must be one of {', '.join(ENDPOINTS)}, got {self.endpoint!r}"
+            )
         if not self.slides:
             raise ConfigError("no slide given: pass slide files or directories")
         if self.reader not in READERS:
@@ -82,6 +94,11 @@ class InferConfig:
             raise ConfigError(f"--nms-threshold must be in [0, 1], got {self.nms_threshold}")
         if self.retry_timeout < 0 or self.request_timeout <= 0:
             raise ConfigError("--retry-timeout must be >= 0 and --request-timeout > 0")
+
+    @property
+    def served_model(self) -> str:
+        """The model the client calls: ``model_name`` or, for ``classifier``, the classifier."""
+        return contract.CLASSIFIER_MODEL if self.endpoint == "classifier" else self.model_name
 
     @property
     def request_regions(self) -> int:
@@ -144,12 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="regions per request (default: the most the ensemble accepts for k)",
     )
     parser.add_argument(
-        "--nms-radius", type=int, default=12, help="NMS radius in mask cells (default: %(default)s)"
+        "--nms-radius",
+        type=int,
+        default=NMS_RADIUS,
+        help="NMS radius in mask cells (default: %(default)s)",
     )
     parser.add_argument(
         "--nms-threshold",
         type=float,
-        default=0.5,
+        default=NMS_THRESHOLD,
         help="NMS stops at p <= this (default: %(default)s)",
     )
     parser.add_argument(
@@ -163,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=600.0,
         help="deadline of one request in seconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--endpoint",
+        choices=ENDPOINTS,
+        default="detector",
+        help="detector: send uint8 regions to the ensemble (default); classifier: cut the "
+        f"FP32 patches here and send them to {contract.CLASSIFIER_MODEL!r}",
     )
     parser.add_argument("--overwrite", action="store_true", help="recompute complete slides")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -193,4 +220,5 @@ def config_from_args(args: argparse.Namespace) -> InferConfig:
         overwrite=args.overwrite,
         quiet=args.quiet,
         verbose=args.verbose,
+        endpoint=args.endpoint,
     )

@@ -27,12 +27,10 @@ from wsi_tumor.client.outputs import write_json
 from wsi_tumor.client.slide_job import SlideJob
 from wsi_tumor.client.transport import ModelInfo, TritonTransport
 from wsi_tumor.errors import ConfigError, ModelMismatchError
+from wsi_tumor.slide import SLIDE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-SLIDE_SUFFIXES = frozenset(
-    {".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide"}
-)
 SUMMARY_NAME = "cohort_summary.json"
 
 
@@ -198,7 +196,8 @@ async def _run_jobs(
 ) -> list[SlideResult]:
     transport = TritonTransport(
         url,
-        model_name=config.model_name,
+        model_name=config.served_model,
+        endpoint=config.endpoint,
         retry_timeout=config.retry_timeout,
         request_timeout=config.request_timeout,
     )

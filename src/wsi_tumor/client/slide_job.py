@@ -138,6 +138,7 @@ class SlideJob:
             contract.MASK_LEVEL,
             radius=self.config.nms_radius,
             threshold=self.config.nms_threshold,
+            size=level0,
         )
         write_csv(self.outputs.csv, detections)
         write_json(self.outputs.geojson, detections_geojson(detections))
@@ -180,12 +181,14 @@ class SlideJob:
             "timings_s": {
                 "mask": round(mask_s, 3),
                 "read": round(stats.read_s, 3),
+                "serialise": round(stats.serialise_s, 3),
                 "server": round(stats.server_s, 3),
                 "stream": round(stats.wall_s, 3),
                 "outputs": round(now - outputs_start, 3),
                 "total": round(now - start, 3),
             },
             "patches_per_s": round(stats.patches / stats.wall_s, 2) if stats.wall_s else 0.0,
+            "bytes_sent": stats.bytes_sent,
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "outputs": {
                 "prob_map": self.outputs.prob_map.name,

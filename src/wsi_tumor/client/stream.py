@@ -3,7 +3,8 @@
 Three stages overlap:
 
 1. a pool of ``readers`` threads reads each request's regions at level 0 (one read per
-   region) and serialises the tensors;
+   region) and serialises the tensors (with ``endpoint="classifier"`` it first cuts the
+   FP32 patches with the tiler's own numpy code);
 2. the event loop sends the request with ``tritonclient.grpc.aio`` and awaits the answer
    (many requests are on the wire at once; transient errors are retried by the transport);
 3. the answer's k x k grids are written into the mask-level map.
@@ -29,7 +30,9 @@ import tritonclient.grpc as grpcclient
 
 from wsi_tumor import contract
 from wsi_tumor.client.grid import Region, batched, place_grid
-from wsi_tumor.client.transport import TritonTransport, make_inputs
+from wsi_tumor.client.transport import TritonTransport, make_classifier_inputs, make_inputs
+from wsi_tumor.serving.limits import MAX_PATCHES_PER_REQUEST
+from wsi_tumor.serving.tiling import tile_regions
 from wsi_tumor.slide.base import SlideReader
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,10 @@ class StreamStats:
         patches: Patches classified (true cells sent).
         regions: Regions read and sent.
         requests: Requests answered.
-        read_s: Reader-thread seconds spent reading and serialising (summed over threads).
+        read_s: Reader-thread seconds spent reading regions (summed over threads).
+        serialise_s: Reader-thread seconds spent cutting patches (classifier endpoint) and
+            serialising tensors (summed over threads).
+        bytes_sent: Tensor payload bytes sent (request inputs, without gRPC framing).
         server_s: Seconds requests spent on the wire and in the server (summed).
         wall_s: Wall-clock seconds of the whole streaming phase.
         retries: Transient failures retried.
@@ -57,6 +63,8 @@ class StreamStats:
     regions: int = 0
     requests: int = 0
     read_s: float = 0.0
+    serialise_s: float = 0.0
+    bytes_sent: int = 0
     server_s: float = 0.0
     wall_s: float = 0.0
     retries: int = 0
@@ -64,13 +72,35 @@ class StreamStats:
     _held: int = field(default=0, repr=False)
 
 
+@dataclass(frozen=True)
+class ReadRequest:
+    """One request, read and serialised by a reader thread.
+
+    Attributes:
+        inputs: The serialised tensors.
+        cell_mask: BOOL [N, k, k] of the request's regions.
+        read_s: Seconds reading the regions.
+        serialise_s: Seconds cutting patches (classifier endpoint) and serialising.
+        nbytes: Tensor payload bytes.
+    """
+
+    inputs: list[grpcclient.InferInput]
+    cell_mask: npt.NDArray[np.bool_]
+    read_s: float
+    serialise_s: float
+    nbytes: int
+
+
 def read_request(
-    slide: SlideReader, regions: Sequence[Region]
-) -> tuple[list[grpcclient.InferInput], float]:
+    slide: SlideReader, regions: Sequence[Region], endpoint: str = "detector"
+) -> ReadRequest:
     """Read the regions of one request at level 0 and serialise its tensors.
 
-    Returns:
-        The request's inputs and the seconds it took.
+    Args:
+        slide: An open slide.
+        regions: The request's regions (same k).
+        endpoint: ``detector``: regions + cell mask; ``classifier``: the FP32 patches of the
+            true cells, cut by :func:`wsi_tumor.serving.tiling.tile_regions` as the tiler does.
     """
     start = time.perf_counter()
     k = regions[0].cells
@@ -79,8 +109,15 @@ def read_request(
     for i, region in enumerate(regions):
         pixels[i] = slide.read_region(region.origin, region.size, contract.INFERENCE_LEVEL)
     masks = np.stack([region.cell_mask for region in regions])
-    inputs = make_inputs(pixels, masks)
-    return inputs, time.perf_counter() - start
+    read = time.perf_counter()
+    if endpoint == "classifier":
+        patches = tile_regions(pixels, masks, max(MAX_PATCHES_PER_REQUEST, masks.size))
+        inputs = make_classifier_inputs(patches)
+        nbytes = patches.nbytes
+    else:
+        inputs = make_inputs(pixels, masks)
+        nbytes = pixels.nbytes + masks.nbytes
+    return ReadRequest(inputs, masks, read - start, time.perf_counter() - read, nbytes)
 
 
 async def stream_slide(
@@ -118,16 +155,21 @@ async def stream_slide(
     window = asyncio.Semaphore(inflight)
     loop = asyncio.get_running_loop()
     retries_before = transport.retries
+    endpoint = transport.endpoint
     start = time.perf_counter()
 
     async def one_request(batch: Sequence[Region]) -> None:
         try:
-            inputs, read_s = await loop.run_in_executor(pool, read_request, slide, batch)
-            stats.read_s += read_s
+            request = await loop.run_in_executor(pool, read_request, slide, batch, endpoint)
+            stats.read_s += request.read_s
+            stats.serialise_s += request.serialise_s
+            stats.bytes_sent += request.nbytes
             sent = time.perf_counter()
-            grids = await transport.infer(inputs, len(batch), batch[0].cells)
+            grids = await transport.infer(
+                request.inputs, len(batch), batch[0].cells, request.cell_mask
+            )
             stats.server_s += time.perf_counter() - sent
-            del inputs
+            del request
             patches = 0
             for region, grid in zip(batch, grids, strict=True):
                 place_grid(prob_map, region, grid)

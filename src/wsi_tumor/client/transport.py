@@ -1,5 +1,8 @@
 """gRPC transport to the ``tumor_detector`` ensemble: metadata check, requests, retries.
 
+With ``endpoint="classifier"`` the same transport talks to ``tumor_classifier`` instead:
+the client sends FP32 patches it cut itself and scatters the probabilities into grids.
+
 Built on ``tritonclient.grpc.aio`` so that many requests are on the wire at once from one
 event loop. Transient failures (server unavailable, connection refused or reset, deadline
 exceeded) are retried with exponential backoff for up to ``retry_timeout`` seconds per
@@ -25,6 +28,7 @@ from tritonclient.utils import InferenceServerException
 
 from wsi_tumor import contract
 from wsi_tumor.errors import ModelMismatchError, ServerError
+from wsi_tumor.serving.tiling import assemble_grid
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +117,13 @@ def make_inputs(
     return [image, mask]
 
 
+def make_classifier_inputs(patches: npt.NDArray[np.float32]) -> list[grpcclient.InferInput]:
+    """Serialise one ``tumor_classifier`` request: FP32 patches [P, 3, 224, 224]."""
+    tensor = grpcclient.InferInput(contract.PATCHES_TENSOR, list(patches.shape), "FP32")
+    tensor.set_data_from_numpy(patches)
+    return [tensor]
+
+
 def _dims(shape: list[Any]) -> list[int]:
     return [int(dim) for dim in shape]
 
@@ -122,7 +133,9 @@ class TritonTransport:
 
     Args:
         url: ``host:port`` of the gRPC endpoint.
-        model_name: The ensemble to call.
+        model_name: The model to call (the ensemble, or the classifier for ``classifier``).
+        endpoint: ``detector`` (regions in, grids out) or ``classifier`` (patches in,
+            probabilities out, scattered into grids here).
         retry_timeout: Seconds a call keeps retrying transient errors.
         request_timeout: Client-side deadline of one call in seconds.
     """
@@ -133,15 +146,18 @@ class TritonTransport:
         model_name: str = contract.ENSEMBLE_MODEL,
         retry_timeout: float = 120.0,
         request_timeout: float = 600.0,
+        endpoint: str = "detector",
     ) -> None:
         self.url = url
         self.model_name = model_name
+        self.endpoint = endpoint
         self.retry_timeout = retry_timeout
         self.request_timeout = request_timeout
         self.retries = 0
         self._model_checked = False
         self._client = grpcaio.InferenceServerClient(url, channel_args=_channel_args())
-        self._outputs = [grpcclient.InferRequestedOutput(contract.GRID_TENSOR)]
+        output = contract.PROBABILITIES_TENSOR if endpoint == "classifier" else contract.GRID_TENSOR
+        self._outputs = [grpcclient.InferRequestedOutput(output)]
 
     async def close(self) -> None:
         """Close the channel."""
@@ -223,11 +239,17 @@ class TritonTransport:
         config = config.get("config", config)
         max_batch = int(config.get("max_batch_size", 0) or 0)
         side = contract.region_size(cells)
-        expected_inputs = {
-            contract.REGIONS_TENSOR: ("UINT8", [None, side, side, contract.CHANNELS]),
-            contract.CELL_MASK_TENSOR: ("BOOL", [None, cells, cells]),
-        }
-        expected_outputs = {contract.GRID_TENSOR: ("FP32", [None, cells, cells])}
+        expected_inputs: dict[str, tuple[str, list[int | None]]]
+        if self.endpoint == "classifier":
+            patch = [contract.CHANNELS, contract.PATCH_SIZE, contract.PATCH_SIZE]
+            expected_inputs = {contract.PATCHES_TENSOR: ("FP32", [None, *patch])}
+            expected_outputs = {contract.PROBABILITIES_TENSOR: ("FP32", [None, 1])}
+        else:
+            expected_inputs = {
+                contract.REGIONS_TENSOR: ("UINT8", [None, side, side, contract.CHANNELS]),
+                contract.CELL_MASK_TENSOR: ("BOOL", [None, cells, cells]),
+            }
+            expected_outputs = {contract.GRID_TENSOR: ("FP32", [None, cells, cells])}
         problems = _compare("input", meta.get("inputs", []), expected_inputs, exact=True)
         problems += _compare("output", meta.get("outputs", []), expected_outputs, exact=False)
         if problems:
@@ -238,6 +260,14 @@ class TritonTransport:
         batch_dims = [_dims(t["shape"])[0] for t in meta["inputs"]]
         fixed = [dim for dim in batch_dims if dim > 0]
         max_regions = max_batch if max_batch > 0 else (min(fixed) if fixed else None)
+        if self.endpoint == "classifier":
+            # One request carries the patches of whole regions: at most max_batch patches.
+            if max_batch < cells * cells:
+                raise ModelMismatchError(
+                    f"{self.url}: model {self.model_name!r} takes at most {max_batch} patches "
+                    f"per request, fewer than one region of k = {cells} holds ({cells * cells})"
+                )
+            max_regions = max_batch // (cells * cells)
         info = ModelInfo(
             name=str(meta.get("name", self.model_name)),
             versions=tuple(str(v) for v in meta.get("versions", [])),
@@ -249,9 +279,20 @@ class TritonTransport:
         return info
 
     async def infer(
-        self, inputs: list[grpcclient.InferInput], regions: int, cells: int
+        self,
+        inputs: list[grpcclient.InferInput],
+        regions: int,
+        cells: int,
+        cell_mask: npt.NDArray[np.bool_] | None = None,
     ) -> npt.NDArray[np.float32]:
         """Send one request (retrying transient errors) and return its grids [N, k, k].
+
+        Args:
+            inputs: From :func:`make_inputs` (detector) or :func:`make_classifier_inputs`.
+            regions: N, the regions of the request.
+            cells: k.
+            cell_mask: BOOL [N, k, k]; needed by the classifier endpoint to place the
+                probabilities of the patches (in the tiler's row-major order).
 
         Raises:
             ServerError: on a non-transient error, retries exhausted, or an output of the
@@ -267,6 +308,8 @@ class TritonTransport:
             )
 
         result = await self._retrying(f"inference on {regions} regions", call)
+        if self.endpoint == "classifier":
+            return self._grids_from_probabilities(result, regions, cells, cell_mask)
         grid = result.as_numpy(contract.GRID_TENSOR)
         if grid is None or grid.shape != (regions, cells, cells):
             shape = None if grid is None else grid.shape
@@ -276,6 +319,26 @@ class TritonTransport:
                 "Python-backend environment)"
             )
         return np.asarray(grid, dtype=np.float32)
+
+    def _grids_from_probabilities(
+        self,
+        result: Any,
+        regions: int,
+        cells: int,
+        cell_mask: npt.NDArray[np.bool_] | None,
+    ) -> npt.NDArray[np.float32]:
+        if cell_mask is None or cell_mask.shape != (regions, cells, cells):
+            raise ServerError(f"{self.url}: the classifier endpoint needs the [N, k, k] cell mask")
+        probabilities = result.as_numpy(contract.PROBABILITIES_TENSOR)
+        expected = (int(np.count_nonzero(cell_mask)), 1)
+        if probabilities is None or probabilities.shape != expected:
+            shape = None if probabilities is None else probabilities.shape
+            raise ServerError(
+                f"{self.url}: {contract.PROBABILITIES_TENSOR} has shape {shape}, expected "
+                f"{expected} (an empty tensor means numpy>=2 in the server's Python-backend "
+                "environment)"
+            )
+        return assemble_grid(np.asarray(probabilities, dtype=np.float32), cell_mask)
 
 
 def _compare(
