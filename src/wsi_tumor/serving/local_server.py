@@ -31,21 +31,26 @@ READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
 
 
-def find_tritonserver() -> Path:
-    """Locate the tritonserver launcher: $TRITONSERVER, then PATH, then this venv's bin.
+def find_executable(name: str, env_var: str) -> Path:
+    """Locate a binary of ``make setup``: ``$env_var``, then PATH, then this venv's bin.
 
     Raises:
         ServerError: when none exists (run ``make setup``).
     """
-    candidates = [os.environ.get("TRITONSERVER"), shutil.which("tritonserver")]
-    candidates.append(str(Path(sys.prefix) / "bin" / "tritonserver"))
+    candidates = [os.environ.get(env_var), shutil.which(name)]
+    candidates.append(str(Path(sys.prefix) / "bin" / name))
     for candidate in candidates:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return Path(candidate)
     raise ServerError(
-        "tritonserver not found on PATH, in $TRITONSERVER or in "
-        f"{Path(sys.prefix) / 'bin'}: run `make setup` to install it"
+        f"{name} not found on PATH, in ${env_var} or in {Path(sys.prefix) / 'bin'}: "
+        "run `make setup` to install it"
     )
+
+
+def find_tritonserver() -> Path:
+    """The tritonserver launcher ($TRITONSERVER, PATH, this venv's bin); ServerError if none."""
+    return find_executable("tritonserver", "TRITONSERVER")
 
 
 def free_port() -> int:

@@ -12,10 +12,7 @@ import csv
 import io
 import json
 import logging
-import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +22,7 @@ import numpy.typing as npt
 
 from wsi_tumor import contract
 from wsi_tumor.errors import ServerError
+from wsi_tumor.serving.local_server import find_executable
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +54,8 @@ class PerfResult:
 
 
 def find_perf_analyzer() -> Path:
-    """The perf_analyzer launcher: $PERF_ANALYZER, PATH, then this venv's bin.
-
-    Raises:
-        ServerError: when none exists (run ``make setup``).
-    """
-    candidates = [os.environ.get("PERF_ANALYZER"), shutil.which("perf_analyzer")]
-    candidates.append(str(Path(sys.prefix) / "bin" / "perf_analyzer"))
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return Path(candidate)
-    raise ServerError("perf_analyzer not found on PATH or in the venv: run `make setup`")
+    """The perf_analyzer launcher ($PERF_ANALYZER, PATH, this venv's bin); ServerError if none."""
+    return find_executable("perf_analyzer", "PERF_ANALYZER")
 
 
 def _b64(array: npt.NDArray[np.generic]) -> dict[str, object]:
