@@ -350,6 +350,29 @@ def test_cli_protocols_on_probability_maps(tmp_path: Path) -> None:
     assert nms_csv[0].split(",")[1:] == ["1456", "976"]
 
 
+def test_transposed_probability_map_scores_differently(tmp_path: Path) -> None:
+    # One tumour slide (TUMOUR_1: A rows 10-50 x cols 10-50, B rows 60-80 x cols 55-95, ITC).
+    # Map at level 5 with 0.9 at (row 65, col 90): inside B. Lesion probs A 0, B 0.9, ITC 0,
+    # no FP: t = 0.9 -> FP 0, TP 1 of 2; then (0, 0): sensitivity 0.5 at every rate, score 0.5.
+    # The transposed map puts 0.9 at (row 90, col 65): background, 45 cells from the ITC.
+    # FP {0.9}, lesions 0, 0: t = 0.9 -> 1 FP/slide, sensitivity 0; score 0.
+    gt = tmp_path / "g"
+    gt.mkdir()
+    write_mask(gt / "tumour_1_mask.tif", TUMOUR_1)
+    m = np.zeros((100, 100), dtype=np.float32)
+    m[65, 90] = 0.9
+    scores = []
+    for name, prob_map in (("rows_are_y", m), ("transposed", m.T)):
+        det = tmp_path / name
+        det.mkdir()
+        np.save(det / "tumour_1.npy", np.ascontiguousarray(prob_map))
+        out = tmp_path / f"out_{name}"
+        assert run_cli("--detections", det, "--ground-truth", gt, "--map-level", "5",
+                       "--out", out) == 0  # fmt: skip
+        scores.append(json.loads((out / "froc.json").read_text())["froc"])
+    assert scores == [pytest.approx(0.5), pytest.approx(0.0)]
+
+
 def test_cli_errors(
     dataset: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
