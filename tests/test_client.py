@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -279,6 +280,45 @@ def test_server_killed_and_restarted_mid_slide_gives_the_same_map(
     # finished regions were not sent again: one answer per region
     assert len(done_requests) == report["counts"]["regions"] == report["counts"]["requests"]
     np.testing.assert_array_equal(np.load(tmp_path / "good.npy"), np.load(cohort_out / "good.npy"))
+
+
+def test_server_gone_for_good_fails_the_slide_and_skips_the_rest(
+    slides, exported_repository, tmp_path: Path
+) -> None:
+    """After a whole retry window without a server, the other slides are not attempted."""
+    server = LocalTritonServer(exported_repository.repository).start()
+    answered: list[int] = []
+
+    def progress(patches: int) -> None:
+        answered.append(patches)
+        if len(answered) == 1:
+            threading.Thread(target=server.kill, daemon=True).start()
+
+    copy = tmp_path / "in" / "good_copy.tif"
+    copy.parent.mkdir()
+    shutil.copy(slides["good"], copy)
+    config = InferConfig(
+        slides=(slides["good"], copy),
+        out=tmp_path / "out",
+        url=server.grpc_url,
+        regions_per_request=1,
+        inflight=2,
+        readers=1,
+        retry_timeout=3,
+        quiet=True,
+    )
+    started = time.monotonic()
+    try:
+        result = run(config, progress=progress)
+    finally:
+        server.stop()
+    first, second = result.slides
+    assert result.exit_code == 1
+    assert first.status == second.status == "failed"
+    assert first.error_type == second.error_type == "ServerUnavailableError"
+    assert second.error is not None and second.error.startswith("not attempted")
+    assert not any((tmp_path / "out" / f"{name}.json").exists() for name in ("good", "good_copy"))
+    assert time.monotonic() - started < 60  # one retry window, not one per slide
 
 
 # --- a server whose model differs from the contract --------------------------------------------

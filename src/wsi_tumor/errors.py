@@ -71,6 +71,10 @@ class ServerError(WsiTumorError):
     """The Triton server cannot be started, reached, or keeps failing."""
 
 
+class ServerUnavailableError(ServerError):
+    """The server stayed unreachable for the whole retry window."""
+
+
 class ModelMismatchError(ServerError):
     """The server's model metadata differs from the contract (names, shapes, dtypes)."""
 

@@ -26,7 +26,7 @@ from wsi_tumor.client.config import InferConfig
 from wsi_tumor.client.outputs import write_json
 from wsi_tumor.client.slide_job import SlideJob
 from wsi_tumor.client.transport import ModelInfo, TritonTransport
-from wsi_tumor.errors import ConfigError, ModelMismatchError
+from wsi_tumor.errors import ConfigError, ModelMismatchError, ServerUnavailableError
 from wsi_tumor.slide import SLIDE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ async def _run_jobs(
         with tqdm(
             total=len(jobs), desc="cohort", unit="slide", position=0, disable=config.quiet
         ) as bar:
-            for job in jobs:
+            for index, job in enumerate(jobs):
                 start = time.perf_counter()
                 try:
                     report = await job.run(transport, info, per_request, progress)
@@ -217,6 +217,21 @@ async def _run_jobs(
                     log.error("%s: FAILED (%s): %s", job.slide, type(exc).__name__, reason)
                     log.debug("traceback of %s", job.slide, exc_info=True)
                     results.append(SlideResult(job.slide, "failed", reason, type(exc).__name__))
+                    if isinstance(exc, ServerUnavailableError):
+                        # The server stayed away for the whole retry window: the other slides
+                        # would each wait as long again. Report them as not attempted.
+                        for rest in jobs[index + 1 :]:
+                            log.error("%s: FAILED: not attempted, %s", rest.slide, reason)
+                            results.append(
+                                SlideResult(
+                                    rest.slide,
+                                    "failed",
+                                    f"not attempted: {reason}",
+                                    type(exc).__name__,
+                                )
+                            )
+                        bar.update(len(jobs) - index)
+                        break
                 else:
                     log.info(
                         "%s: %d patches in %.1f s (%.1f patches/s), %d detections",

@@ -27,7 +27,7 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from wsi_tumor import contract
-from wsi_tumor.errors import ModelMismatchError, ServerError
+from wsi_tumor.errors import ModelMismatchError, ServerError, ServerUnavailableError
 from wsi_tumor.serving.tiling import assemble_grid
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class TritonTransport:
                         self.retry_timeout,
                     )
                 if now >= deadline:
-                    raise ServerError(
+                    raise ServerUnavailableError(
                         f"{self.url}: {what} still failing after {self.retry_timeout:.0f} s "
                         f"of retries: {exc}"
                     ) from None
