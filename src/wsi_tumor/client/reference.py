@@ -18,7 +18,6 @@ import numpy as np
 import numpy.typing as npt
 
 from wsi_tumor import contract
-from wsi_tumor.client.grid import patch_centres
 from wsi_tumor.slide.base import SlideReader
 
 if TYPE_CHECKING:
@@ -86,8 +85,7 @@ def reference_probability_map(
     model = model.to(device).eval()
     prob_map = np.zeros(mask.shape, dtype=np.float32)
     rows, cols = np.nonzero(mask)
-    centres = patch_centres(mask)
-    log.debug("reference: %d patches, first centre %s", len(rows), centres[:1].tolist())
+    log.debug("reference: %d patches", len(rows))
     read_s = compute_s = 0.0
     with torch.inference_mode():
         for start in range(0, len(rows), batch_size):
