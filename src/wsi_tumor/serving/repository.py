@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Final, Literal, get_args
 
@@ -36,10 +35,10 @@ PLAN_FILE: Final = "model.plan"
 MODEL_FILE: Final = "model.py"
 
 _PATCH_DIMS = (contract.CHANNELS, contract.PATCH_SIZE, contract.PATCH_SIZE)
-_SOURCES = {
-    contract.TILER_MODEL: "patch_tiler.py",
-    contract.ASSEMBLER_MODEL: "grid_assembler.py",
-    contract.CLASSIFIER_MODEL: "tumor_classifier_onnxruntime.py",
+_ADAPTERS = {
+    contract.TILER_MODEL: "wsi_tumor.serving.triton_models.patch_tiler",
+    contract.ASSEMBLER_MODEL: "wsi_tumor.serving.triton_models.grid_assembler",
+    contract.CLASSIFIER_MODEL: "wsi_tumor.serving.triton_models.tumor_classifier_onnxruntime",
 }
 
 
@@ -167,9 +166,19 @@ def render_ensemble_config() -> str:
 
 
 def model_source(model: str) -> str:
-    """Text of the packaged model.py adapter for ``model`` (a contract model name)."""
-    package = resources.files("wsi_tumor.serving.triton_models")
-    return package.joinpath(_SOURCES[model]).read_text(encoding="utf-8")
+    """The model.py Triton loads for ``model``: an entry point importing the packaged adapter.
+
+    The adapter itself lives once, in ``wsi_tumor.serving.triton_models``; the repository only
+    names it, so the server's Python must import wsi_tumor (see model_repository/README.md).
+    """
+    adapter = _ADAPTERS[model]
+    return (
+        f'"""Triton Python-backend entry point of {model}.\n\nThe adapter is {adapter}.\n"""\n'
+        "\n"
+        f"from {adapter} import TritonPythonModel\n"
+        "\n"
+        '__all__ = ["TritonPythonModel"]\n'
+    )
 
 
 def render_repository(runtime: Runtime = COMMITTED_RUNTIME) -> dict[str, str]:
