@@ -11,8 +11,8 @@ import torch
 from wsi_tumor import contract
 from wsi_tumor.errors import CheckpointError, ExportError
 from wsi_tumor.export import parity
-from wsi_tumor.export.checkpoint import load_model, load_state_dict
 from wsi_tumor.export.cli import main
+from wsi_tumor.models.checkpoint import load_model, load_state_dict
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from wsi_tumor.errors import (
     SlideNotFoundError,
 )
 from wsi_tumor.slide import FILL_VALUE, READERS, VirtualSlide, inspect_slide, open_slide
-from wsi_tumor.slide.virtual import halve
+from wsi_tumor.slide.image import halve
 
 MPP = 0.243
 WIDTH, HEIGHT, TILE = 2048, 1536, 256
@@ -194,12 +194,12 @@ def test_bad_files_raise_typed_errors(tmp_path: Path, slide_file: Path, reader: 
 
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png, format="PNG")
     with pytest.raises(
-        SlideFormatError, match=r"picture\.tif: not a TIFF-family slide, the file is a PNG"
+        SlideFormatError, match=r"picture\.tif: not a whole-slide image, the file is a PNG"
     ):
         open_slide(png, reader)
     text = tmp_path / "notes.tif"
     text.write_text("this is not a slide\n")
-    with pytest.raises(SlideFormatError, match=r"notes\.tif: not a TIFF-family slide"):
+    with pytest.raises(SlideFormatError, match=r"notes\.tif: not a whole-slide image"):
         open_slide(text, reader)
 
     stripped = tmp_path / "stripped.tif"
@@ -215,13 +215,15 @@ def test_bad_files_raise_typed_errors(tmp_path: Path, slide_file: Path, reader: 
         assert slide.level_count == 1
 
 
-def test_subifd_pyramid_is_reported(tmp_path: Path) -> None:
+def test_subifd_pyramid_opens_with_tiffslide(tmp_path: Path) -> None:
     path = tmp_path / "subifd.tif"
     write_pyramid_tiff(path, tissue_image(1024, 768), levels=3, subifds=True)
     info = inspect_slide(path)
-    assert info.level_count == 1 and info.subifd_levels == 2  # neither reader reads SubIFDs
-    with pytest.raises(NotPyramidalError, match=r"subifd.tif: .*SubIFD levels are not read"):
-        open_slide(path, require_pyramid=True)
+    assert info.level_count == 3 and info.subifd_levels == 2 and info.subifd_pyramid
+    with open_slide(path, require_pyramid=True) as slide:
+        assert slide.reader_name == "tiffslide" and slide.level_count == 3
+    with open_slide(path, "cucim") as flat, open_slide(path, "openslide") as other:
+        assert flat.level_count == other.level_count == 1  # neither reads SubIFDs
 
 
 @pytest.mark.parametrize("reader", READERS)
@@ -231,7 +233,7 @@ def test_missing_resolution_only_when_asked(tmp_path: Path, reader: str) -> None
     with open_slide(path, reader) as slide:
         assert slide.read_region((0, 0), (8, 8)).shape == (8, 8, 3)
         with pytest.raises(
-            MissingResolutionError, match=r"nores\.tif: the slide has no resolution"
+            MissingResolutionError, match=r"nores\.tif: the slide file states no resolution"
         ):
             _ = slide.mpp
 
@@ -261,6 +263,7 @@ def test_missing_backend_raises_reader_unavailable(
     monkeypatch.setattr(cucim_reader, "_cuimage_class", None)
     monkeypatch.setitem(sys.modules, "cucim", None)
     monkeypatch.setitem(sys.modules, "openslide", None)
+    monkeypatch.setitem(sys.modules, "tiffslide", None)
     with pytest.raises(ReaderUnavailableError, match=f"reader '{reader}' is unavailable"):
         open_slide(slide_file, reader)
 

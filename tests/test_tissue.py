@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from wsi_tumor.contract import MASK_LEVEL
-from wsi_tumor.errors import NotPyramidalError
+from wsi_tumor.errors import ConfigError, NotBrightfieldError, NotPyramidalError
 from wsi_tumor.slide import (
     READERS,
     VirtualSlide,
@@ -20,8 +20,8 @@ from wsi_tumor.slide import (
     save_mask_png,
     tissue_mask,
 )
-from wsi_tumor.slide.tissue import mask_rgb, tissue_from_rgb
-from wsi_tumor.slide.virtual import halve
+from wsi_tumor.slide.image import halve
+from wsi_tumor.slide.tissue import check_brightfield, ink_cells, mask_rgb, tissue_from_rgb
 
 CELL = 2**MASK_LEVEL
 GLASS = (238, 236, 240)
@@ -123,12 +123,138 @@ def test_blank_and_full_images() -> None:
     assert not tissue_from_rgb(np.full((8, 8, 3), 255, np.uint8)).any()
 
 
-def test_black_ink_is_not_tissue() -> None:
+def test_dark_cells_kept_by_monai_dropped_by_ncrf_and_blue_ink_by_the_ink_option() -> None:
     image = synthetic()
-    image[0:CELL, 0 : 3 * CELL] = (20, 20, 60)  # saturated but black: NCRF's RGB_min
-    mask = tissue_mask(VirtualSlide(image, levels=MASK_LEVEL + 1))
-    assert not mask[0, :3].any()
-    np.testing.assert_array_equal(mask, expected_cells())
+    image[0:CELL, 0 : 3 * CELL] = (20, 20, 60)  # saturated and dark: NCRF's RGB_min drops it
+    image[2 * CELL : 3 * CELL, 20 * CELL : 23 * CELL] = (25, 45, 110)  # blue marker, hue 0.63
+    slide = VirtualSlide(image, levels=MASK_LEVEL + 1)
+    expected = expected_cells()
+    monai = tissue_mask(slide)
+    assert monai[0, :3].all() and monai[2, 20:23].all(), "MONAI's rule keeps dark stained cells"
+    ncrf = tissue_mask(slide, rule="ncrf")
+    assert not ncrf[0, :3].any() and not ncrf[2, 20:23].any()  # both have a channel <= 50
+    no_ink = tissue_mask(slide, exclude_ink=True)
+    assert not no_ink[2, 20:23].any()
+    for mask in (monai, ncrf, no_ink):  # the stained rectangles survive every rule
+        assert mask[expected].all()
+    with pytest.raises(ConfigError, match="tissue-rule"):
+        tissue_from_rgb(image[:64, :64], rule="otsu")
+
+
+def test_ink_option_keeps_dense_haematoxylin_and_drops_ink_by_colour() -> None:
+    """Dense dark tissue is coloured; ink is a foreign hue, oversaturated, or colourless."""
+    glass, cells = (238, 236, 240), np.zeros((8, 8, 3), np.uint8)
+    cells[:] = glass
+    tissue = {(2, 2): (92, 44, 117), (2, 3): (60, 28, 90), (2, 4): (57, 51, 136),
+              (3, 2): (200, 120, 170), (3, 3): (150, 70, 140)}  # fmt: skip
+    ink = {(5, 2): (40, 120, 60), (5, 3): (30, 60, 150), (5, 4): (20, 20, 24),
+           (6, 2): (230, 20, 40), (6, 3): (100, 100, 100)}  # fmt: skip
+    for (row, col), colour in {**tissue, **ink}.items():
+        cells[row, col] = colour
+    found = ink_cells(cells)
+    assert not any(found[rc] for rc in tissue) and all(found[rc] for rc in ink)
+    assert not found[0, 0], "glass is not ink (MONAI's rule already leaves it out)"
+    kept = tissue_from_rgb(cells, exclude_ink=True)
+    assert all(kept[rc] for rc in tissue) and not any(kept[rc] for rc in ink)
+
+
+REAL_TISSUE = Path(__file__).parent / "data" / "real" / "tissue"
+# Share of tissue-mask cells allowed inside each hand-marked box kind, per rule; tissue
+# boxes must keep at least the given share (one image's pale tissue splits under Otsu).
+PEN_LIMIT, EDGE_LIMIT, TISSUE_FLOOR = 0.3, 0.15, 0.8
+PALE_TISSUE_FLOOR = {"histolab-tcga-green-pen.png": 0.4}
+
+
+def _real_image(name: str) -> tuple[npt.NDArray[np.uint8], dict[str, list[list[int]]]]:
+    import json
+
+    from PIL import Image
+
+    image = np.asarray(Image.open(REAL_TISSUE / name).convert("RGB"))
+    return image, json.loads((REAL_TISSUE / name).with_suffix(".json").read_text())
+
+
+def _share(mask: npt.NDArray[np.bool_], box: list[int]) -> float:
+    x0, y0, x1, y1 = box
+    return float(mask[y0:y1, x0:x1].mean())
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in REAL_TISSUE.glob("*.png")))
+def test_real_images_with_pen_and_borders_against_hand_marked_boxes(name: str) -> None:
+    """Each pixel of these real slide thumbnails stands for one mask cell."""
+    image, boxes = _real_image(name)
+    monai = tissue_from_rgb(image)
+    no_ink = tissue_from_rgb(image, exclude_ink=True)
+    for box in boxes.get("glass", []) + boxes.get("border", []):
+        assert _share(monai, box) <= EDGE_LIMIT, f"{name}: glass/border {box} is tissue"
+        assert _share(no_ink, box) <= EDGE_LIMIT, f"{name}: glass/border {box} is tissue"
+    for box in boxes.get("pen", []):
+        assert _share(no_ink, box) <= PEN_LIMIT, f"{name}: ink {box} kept with exclude_ink"
+    floor = PALE_TISSUE_FLOOR.get(name, TISSUE_FLOOR)
+    for box in boxes.get("tissue", []):
+        assert _share(no_ink, box) >= floor, f"{name}: tissue {box} lost with exclude_ink"
+
+
+def test_monai_rule_keeps_ink_which_the_option_removes() -> None:
+    image, boxes = _real_image("histoqc-pen-green.png")
+    monai, no_ink = tissue_from_rgb(image), tissue_from_rgb(image, exclude_ink=True)
+    assert all(_share(monai, box) > 0.9 for box in boxes["pen"])  # MONAI keeps marker
+    assert all(_share(no_ink, box) < 0.05 for box in boxes["pen"])
+    assert all(_share(monai, box) > 0.85 for box in boxes["tissue"])
+
+
+def test_fluorescence_is_not_brightfield() -> None:
+    path = REAL_TISSUE.parent / "hamamatsu" / "test3-DAPI-2-387.ndpi"
+    with open_slide(path) as slide, pytest.raises(NotBrightfieldError, match="fluorescence"):
+        tissue_mask(slide)
+    image, _ = _real_image("histoqc-pen-black.png")  # mostly glass: brightfield
+    check_brightfield(image, "pen-black")
+
+
+@pytest.mark.slow
+def test_default_mask_equals_monais_masked_patch_dataset_on_dark_purple_tissue(
+    tmp_path: Path,
+) -> None:
+    """MONAI's own MaskedPatchWSIDataset(mask_level=6) through cuCIM is the oracle."""
+    from monai.data import MaskedPatchWSIDataset
+
+    rng = np.random.default_rng(7)
+    image = synthetic(2560, 2048, seed=3)
+    dark = [
+        (2, 6, 2, 9, (92, 44, 117)),
+        (26, 31, 30, 38, (45, 18, 70)),
+        (8, 12, 34, 39, (60, 28, 90)),
+    ]
+    for r0, r1, c0, c1, colour in dark:  # dense haematoxylin, some below NCRF's RGB_min
+        block = np.asarray(colour, np.float32) + rng.normal(
+            0, 6, ((r1 - r0) * CELL, (c1 - c0) * CELL, 3)
+        )
+        image[r0 * CELL : r1 * CELL, c0 * CELL : c1 * CELL] = np.clip(block, 0, 255).astype(
+            np.uint8
+        )
+    pyramid = [image]
+    while len(pyramid) <= MASK_LEVEL:
+        pyramid.append(halve(pyramid[-1]))
+    path = tmp_path / "dark_purple.tif"
+    opts: dict[str, Any] = {"tile": (256, 256), "compression": "jpeg", "photometric": "rgb"}
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(
+            pyramid[0], resolution=(1e4 / 0.243, 1e4 / 0.243), resolutionunit="CENTIMETER", **opts
+        )
+        for level in pyramid[1:]:
+            tif.write(level, subfiletype=1, **opts)
+    dataset = MaskedPatchWSIDataset(
+        [{"image": str(path)}], patch_size=224, mask_level=MASK_LEVEL, reader="cuCIM"
+    )
+    monai_cells = {tuple(int(v) for v in s["mask_location"]) for s in dataset.data}
+    with open_slide(path) as slide:
+        ours = tissue_mask(slide)
+        ncrf = tissue_mask(slide, rule="ncrf")
+    assert {tuple(int(v) for v in rc) for rc in np.argwhere(ours)} == monai_cells
+    dropped = ours & ~ncrf
+    assert dropped.sum() >= 20, "the slide must have cells NCRF's RGB_min drops"
+    r0, r1, c0, c1, _ = dark[1]
+    assert dropped[r0:r1, c0:c1].mean() > 0.9
 
 
 def test_single_level_over_budget_raises() -> None:

@@ -269,7 +269,7 @@ SMALL = ("--batch-size", "1", "--workers", "0", "--max-steps-per-epoch", "1",
 
 
 def test_resume_continues_from_saved_epoch(tmp_path: Path) -> None:
-    from wsi_tumor.export.checkpoint import load_state_dict
+    from wsi_tumor.models.checkpoint import load_state_dict
 
     root = write_synthetic(tmp_path / "ds", 8, 2)
     straight = _run(root, tmp_path / "a", "--epochs", "2", *SMALL)
@@ -295,7 +295,7 @@ def test_resume_continues_from_saved_epoch(tmp_path: Path) -> None:
 
 
 def test_torchrun_two_process_gloo(tmp_path: Path) -> None:
-    from wsi_tumor.export.checkpoint import load_model
+    from wsi_tumor.models.checkpoint import load_model
 
     root = write_synthetic(tmp_path / "ds", 8, 4)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}

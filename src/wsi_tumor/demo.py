@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wsi_tumor.errors import WsiTumorError, report_error
-from wsi_tumor.slide import READERS
+from wsi_tumor.commandline import make_parser, run_command
+from wsi_tumor.errors import WsiTumorError
+from wsi_tumor.slide import READER_CHOICES
 
 log = logging.getLogger(__name__)
 
@@ -96,36 +97,102 @@ def plan(config: DemoConfig, paths: DemoPaths) -> list[Stage]:
         str(paths.data / "images" / f"test_{i:03d}.tif") for i in range(1, config.test_slides + 1)
     ]
     return [
-        Stage("generate the synthetic dataset", [
-            _script("wsi-synth"), str(paths.data), "--train", str(config.train_slides),
-            "--valid", str(config.valid_slides), "--test", str(config.test_slides),
-            "--size", str(config.size), "--seed", str(config.seed),
-            "--coords", str(config.train_coords), "--valid-coords", str(config.valid_coords),
-            *quiet,
-        ]),
-        Stage("write the training labels", [
-            _script("wsi-labels"), str(paths.data), "--reader", config.reader, *quiet,
-        ]),
-        Stage("train the ResNet18-FCN", [
-            _script("wsi-train"), str(paths.data), "--out", str(paths.checkpoints),
-            "--epochs", str(config.epochs), "--batch-size", str(config.batch_size),
-            "--max-steps-per-epoch", str(config.steps_per_epoch),
-            "--max-valid-steps", str(config.valid_steps), "--workers", str(config.workers),
-            "--seed", str(config.seed), "--reader", config.reader, *quiet,
-        ]),
-        Stage("export to ONNX and the Triton repository", [
-            _script("wsi-export"), "--checkpoint", str(paths.checkpoints / "best.pt"),
-            "--repository", str(paths.repository), *quiet,
-        ]),
-        Stage("infer the test slides through a local tritonserver", [
-            _script("wsi-infer"), *test_slides, "--out", str(paths.predictions),
-            "--model-repository", str(paths.repository), "--reader", config.reader, *quiet,
-        ]),
-        Stage("score FROC (CAMELYON16 protocol)", [
-            _script("wsi-froc"), "--detections", str(paths.predictions),
-            "--ground-truth", str(paths.data / "masks"), "--images", str(paths.data / "images"),
-            "--out", str(paths.froc), *quiet,
-        ]),
+        Stage(
+            "generate the synthetic dataset",
+            [
+                _script("wsi-synth"),
+                str(paths.data),
+                "--train",
+                str(config.train_slides),
+                "--valid",
+                str(config.valid_slides),
+                "--test",
+                str(config.test_slides),
+                "--size",
+                str(config.size),
+                "--seed",
+                str(config.seed),
+                "--coords",
+                str(config.train_coords),
+                "--valid-coords",
+                str(config.valid_coords),
+                *quiet,
+            ],
+        ),
+        Stage(
+            "write the training labels",
+            [
+                _script("wsi-labels"),
+                str(paths.data),
+                "--reader",
+                config.reader,
+                *quiet,
+            ],
+        ),
+        Stage(
+            "train the ResNet18-FCN",
+            [
+                _script("wsi-train"),
+                str(paths.data),
+                "--out",
+                str(paths.checkpoints),
+                "--epochs",
+                str(config.epochs),
+                "--batch-size",
+                str(config.batch_size),
+                "--max-steps-per-epoch",
+                str(config.steps_per_epoch),
+                "--max-valid-steps",
+                str(config.valid_steps),
+                "--workers",
+                str(config.workers),
+                "--seed",
+                str(config.seed),
+                "--reader",
+                config.reader,
+                *quiet,
+            ],
+        ),
+        Stage(
+            "export to ONNX and the Triton repository",
+            [
+                _script("wsi-export"),
+                "--checkpoint",
+                str(paths.checkpoints / "best.pt"),
+                "--repository",
+                str(paths.repository),
+                *quiet,
+            ],
+        ),
+        Stage(
+            "infer the test slides through a local tritonserver",
+            [
+                _script("wsi-infer"),
+                *test_slides,
+                "--out",
+                str(paths.predictions),
+                "--model-repository",
+                str(paths.repository),
+                "--reader",
+                config.reader,
+                *quiet,
+            ],
+        ),
+        Stage(
+            "score FROC (CAMELYON16 protocol)",
+            [
+                _script("wsi-froc"),
+                "--detections",
+                str(paths.predictions),
+                "--ground-truth",
+                str(paths.data / "masks"),
+                "--images",
+                str(paths.data / "images"),
+                "--out",
+                str(paths.froc),
+                *quiet,
+            ],
+        ),
     ]
 
 
@@ -222,10 +289,10 @@ def write_summary(config: DemoConfig, paths: DemoPaths, stages: Sequence[Stage])
 def build_parser() -> argparse.ArgumentParser:
     """Flags of ``python -m wsi_tumor.demo`` (``make demo`` uses the defaults)."""
     defaults = DemoConfig()
-    parser = argparse.ArgumentParser(
-        prog="wsi-demo",
-        description="Run the whole product on a synthetic dataset: generate, train, export, "
-        "serve, infer, score FROC. Replaces the output directory's previous demo run.",
+    parser = make_parser(
+        "wsi-demo",
+        "Run the whole product on a synthetic dataset: generate, train, export, serve, infer, "
+        "score FROC. Replaces the output directory's previous demo run.",
     )
     parser.add_argument("--out", type=Path, default=defaults.out, help="output directory")
     parser.add_argument("--size", type=int, default=defaults.size, help="slide side in px")
@@ -233,32 +300,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--reader", choices=READERS, default=defaults.reader)
+    parser.add_argument("--reader", choices=READER_CHOICES, default=defaults.reader)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; returns 0 on success, 1 when a stage failed."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="demo: %(message)s", stream=sys.stderr)
+    return run_command(
+        "wsi-demo", build_parser(), _demo, argv, log_format="demo: %(message)s", level=_info
+    )
+
+
+def _info(args: argparse.Namespace) -> int:
+    return logging.INFO
+
+
+def _demo(args: argparse.Namespace) -> int:
     config = DemoConfig(
-        out=args.out, size=args.size, test_slides=args.test_slides, epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch, seed=args.seed, reader=args.reader,
+        out=args.out,
+        size=args.size,
+        test_slides=args.test_slides,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        seed=args.seed,
+        reader=args.reader,
         quiet=args.quiet,
     )
     paths = DemoPaths(config.out.resolve())
-    try:
-        stages = plan(config, paths)
-        for sub in (paths.data, paths.checkpoints, paths.repository, paths.predictions, paths.froc):
-            shutil.rmtree(sub, ignore_errors=True)
-        (paths.root / "SUMMARY.md").unlink(missing_ok=True)
-        paths.root.mkdir(parents=True, exist_ok=True)
-        for stage in stages:
-            run_stage(stage)
-        summary = write_summary(config, paths, stages)
-    except WsiTumorError as exc:
-        return report_error("wsi-demo", exc)
+    stages = plan(config, paths)
+    for sub in (paths.data, paths.checkpoints, paths.repository, paths.predictions, paths.froc):
+        shutil.rmtree(sub, ignore_errors=True)
+    (paths.root / "SUMMARY.md").unlink(missing_ok=True)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    for stage in stages:
+        run_stage(stage)
+    summary = write_summary(config, paths, stages)
     froc = _read_json(paths.froc / "froc.json")["froc"]
     total = sum(s.seconds for s in stages)
     print(

@@ -40,6 +40,10 @@ class ReaderUnavailableError(SlideError):
     """The requested reader backend (cuCIM, OpenSlide) is not installed or cannot load."""
 
 
+class NotBrightfieldError(SlideError):
+    """The slide is not brightfield H&E (a dark background: fluorescence)."""
+
+
 class NoTissueError(SlideError):
     """The tissue mask of a slide is empty."""
 
@@ -83,24 +87,18 @@ class RequestError(WsiTumorError):
     """A request to a serving function is malformed (answered as INVALID_ARG by Triton)."""
 
 
+# --- outputs --------------------------------------------------------------------------------
+class OutputError(WsiTumorError):
+    """An output file cannot be written (full disk, permissions, size limit)."""
+
+
 # --- evaluation -----------------------------------------------------------------------------
 class EvaluationError(WsiTumorError):
     """FROC inputs are malformed: bad detections CSV, mask without the level, empty input."""
 
 
-# --- how a command line reports them ---------------------------------------------------------
+# --- exit codes (applied by wsi_tumor.commandline) -------------------------------------------
 EXIT_FAILURE = 1
 """Exit code of a command whose job failed on its input, model or server."""
 EXIT_USAGE = 2
 """Exit code of a command given bad flags or configuration (argparse's own code too)."""
-
-
-def report_error(prog: str, exc: WsiTumorError) -> int:
-    """Print the one line a CLI shows for ``exc`` on stderr and return its exit code.
-
-    ConfigError is a usage error (exit 2); every other wsi-tumor error is a failure (exit 1).
-    """
-    import sys
-
-    sys.stderr.write(f"{prog}: error: {exc}\n")
-    return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILURE

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import xml.parsers.expat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -39,8 +38,9 @@ import numpy.typing as npt
 from skimage.measure import points_in_poly
 
 from wsi_tumor.errors import AnnotationError
+from wsi_tumor.fileio import format_number, write_text
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 TUMOR_GROUPS = frozenset({"_0", "_1", "tumor"})
 """Groups (compared lower-case) whose polygons are tumour."""
@@ -172,7 +172,7 @@ class _AsapHandler:
         ann, self._current = self._current, None
         where = f"{self.path}: line {ann['line']}: annotation {ann['name']!r}"
         if str(ann["type"]).lower() not in POLYGON_TYPES:
-            logger.warning("%s: skipping non-polygon type %r", where, ann["type"])
+            log.warning("%s: skipping non-polygon type %r", where, ann["type"])
             return
         points = sorted(ann["points"])  # by Order, then document order
         if len(points) < 3:
@@ -182,7 +182,7 @@ class _AsapHandler:
         vertices = np.array([(x, y) for _, _, x, y in points], dtype=np.float64)
         polygon = Polygon(str(ann["name"]), str(ann["group"]), vertices)
         if not (polygon.is_tumor or polygon.is_exclusion):
-            logger.warning("%s: group %r is neither tumour nor exclusion", where, polygon.group)
+            log.warning("%s: group %r is neither tumour nor exclusion", where, polygon.group)
         self.polygons.append(polygon)
 
 
@@ -220,11 +220,6 @@ def read_asap_xml(path: str | Path) -> list[Polygon]:
     return handler.polygons
 
 
-def _format_number(value: float) -> str:
-    number = float(value)
-    return str(int(number)) if number.is_integer() and abs(number) < 2**53 else repr(number)
-
-
 def write_asap_xml(path: str | Path, polygons: Sequence[Polygon]) -> None:
     """Write polygons as an ASAP XML file (written to a temporary name, then renamed).
 
@@ -246,8 +241,8 @@ def write_asap_xml(path: str | Path, polygons: Sequence[Polygon]) -> None:
         lines.append("\t\t\t<Coordinates>")
         for order, (x, y) in enumerate(polygon.vertices):
             lines.append(
-                f'\t\t\t\t<Coordinate Order="{order}" X="{_format_number(x)}" '
-                f'Y="{_format_number(y)}" />'
+                f'\t\t\t\t<Coordinate Order="{order}" X="{format_number(x)}" '
+                f'Y="{format_number(y)}" />'
             )
         lines.extend(["\t\t\t</Coordinates>", "\t\t</Annotation>"])
     lines.extend(["\t</Annotations>", "\t<AnnotationGroups>"])
@@ -258,7 +253,7 @@ def write_asap_xml(path: str | Path, polygons: Sequence[Polygon]) -> None:
             "\n\t\t\t<Attributes />\n\t\t</Group>"
         )
     lines.extend(["\t</AnnotationGroups>", "</ASAP_Annotations>", ""])
-    _atomic_write_text(path, "\n".join(lines))
+    write_text(path, "\n".join(lines))
 
 
 # --- NCRF JSON --------------------------------------------------------------------------------
@@ -338,12 +333,12 @@ def write_ncrf_json(path: str | Path, polygons: Sequence[Polygon]) -> None:
     for polygon in polygons:
         key = "negative" if polygon.is_exclusion else "positive" if polygon.is_tumor else None
         if key is None:
-            logger.warning("%s: skipping %r of group %r", path, polygon.name, polygon.group)
+            log.warning("%s: skipping %r of group %r", path, polygon.name, polygon.group)
             continue
         document[key].append(
             {"name": polygon.name, "group": polygon.group, "vertices": polygon.vertices.tolist()}
         )
-    _atomic_write_text(Path(path), json.dumps(document, indent=1) + "\n")
+    write_text(path, json.dumps(document, indent=1) + "\n")
 
 
 def read_annotations(path: str | Path) -> list[Polygon]:
@@ -359,12 +354,6 @@ def read_annotations(path: str | Path) -> list[Polygon]:
     if suffix == ".json":
         return read_ncrf_json(path)
     raise AnnotationError(f"{path}: unknown annotation format {suffix!r} (expected .xml or .json)")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --- geometry ---------------------------------------------------------------------------------

@@ -14,18 +14,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from wsi_tumor.commandline import EXIT_OK, add_logging_flags, make_parser, run_command
 from wsi_tumor.data.synthetic import SynthConfig, generate
-from wsi_tumor.errors import WsiTumorError, report_error
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``wsi-synth`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="wsi-synth",
-        description="Write a synthetic CAMELYON16-style dataset: pyramidal slides, ASAP XML "
-        "and NCRF JSON lesion annotations, tumour masks and NCRF patch-centre lists.",
+    parser = make_parser(
+        "wsi-synth",
+        "Write a synthetic CAMELYON16-style dataset: pyramidal slides, ASAP XML and NCRF "
+        "JSON lesion annotations, tumour masks and NCRF patch-centre lists.",
     )
     parser.add_argument("out", type=Path, help="output directory (created if missing)")
     parser.add_argument(
@@ -63,38 +63,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=100,
         help="patch centres per validation list (default 100)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    add_logging_flags(parser, verbose=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``wsi-synth``; returns the exit code (2 on a wsi-tumor error)."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    """Run ``wsi-synth``; returns the exit code (2 on bad flags, 1 on a failed write)."""
+    return run_command("wsi-synth", build_parser(), _synth, argv)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    config = SynthConfig(
+        out=args.out,
+        train=args.train,
+        valid=args.valid,
+        test=args.test,
+        size=args.size,
+        seed=args.seed,
+        tumor_fraction=args.tumor_fraction,
+        coords=args.coords,
+        valid_coords=args.valid_coords,
+        quiet=args.quiet,
     )
-    try:
-        config = SynthConfig(
-            out=args.out,
-            train=args.train,
-            valid=args.valid,
-            test=args.test,
-            size=args.size,
-            seed=args.seed,
-            tumor_fraction=args.tumor_fraction,
-            coords=args.coords,
-            valid_coords=args.valid_coords,
-            quiet=args.quiet,
-        )
-        start = time.perf_counter()
-        specs = generate(config)
-    except WsiTumorError as exc:
-        return report_error("wsi-synth", exc)
-    logger.info(
-        "wrote %d slides to %s in %.1f s", len(specs), args.out, time.perf_counter() - start
-    )
-    return 0
+    start = time.perf_counter()
+    specs = generate(config)
+    log.info("wrote %d slides to %s in %.1f s", len(specs), args.out, time.perf_counter() - start)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

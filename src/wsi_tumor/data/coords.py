@@ -10,7 +10,6 @@ tumour slides (40 %). Every centre is at least 384 px from the slide border, so 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from wsi_tumor.contract import TRAIN_REGION
 from wsi_tumor.data import layout
 from wsi_tumor.data.annotations import contains
 from wsi_tumor.data.geometry import PLAN_DOWNSAMPLE, SlideGeometry
+from wsi_tumor.fileio import write_text
 
 TUMOR_EDGE_PX = 48
 NORMAL_TISSUE_EDGE_PX = 112
@@ -117,8 +117,5 @@ def sample_slide_coords(
 
 
 def write_coords(path: str | Path, lines: Sequence[CoordLine]) -> None:
-    """Write ``slide,x,y`` lines (no header) to a temporary name, then rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{name},{x},{y}\n" for name, x, y in lines), encoding="utf-8")
-    os.replace(tmp, path)
+    """Write ``slide,x,y`` lines (no header) atomically."""
+    write_text(path, "".join(f"{name},{x},{y}\n" for name, x, y in lines))

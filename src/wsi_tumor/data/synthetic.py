@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,8 +32,9 @@ from wsi_tumor.data.geometry import SlideGeometry, plan_geometry
 from wsi_tumor.data.texture import TextureKind, random_stain, render_texture
 from wsi_tumor.data.tiff_writer import PyramidSpec, write_pyramid
 from wsi_tumor.errors import ConfigError
+from wsi_tumor.fileio import write_text
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 MIN_SLIDE_SIZE = 2048
 SLIDE_MIN_LEVELS = 7
@@ -224,7 +224,7 @@ def write_slide(
             lambda row0, rows: render_level(0, row0, rows),
             render_level=render_level,
         )
-    logger.info(
+    log.info(
         "%s (%s, %s): %d lesion(s) %s",
         spec.name,
         spec.label,
@@ -233,12 +233,6 @@ def write_slide(
         ", ".join(f"{info.major_um:.0f} um" for info in geometry.lesions),
     )
     return geometry
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def generate(config: SynthConfig) -> list[SlideSpec]:
@@ -271,15 +265,15 @@ def generate(config: SynthConfig) -> list[SlideSpec]:
             np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(7, len(split)))),
         )
         if chosen and not (tumour_lines and normal_lines):
-            logger.warning("%s split: a coordinate list is empty", split)
+            log.warning("%s split: a coordinate list is empty", split)
         write_coords(layout.coords_path(root, f"tumor_{split}.txt"), tumour_lines)
         write_coords(layout.coords_path(root, f"normal_{split}.txt"), normal_lines)
     tests = [s for s in specs if s.split == "test"]
-    _atomic_text(
+    write_text(
         layout.coords_path(root, layout.TESTING_CSV),
         "slide,label\n" + "".join(f"{s.name},{s.label}\n" for s in tests),
     )
-    _atomic_text(
+    write_text(
         layout.coords_path(root, layout.SLIDES_CSV),
         "slide,label,split\n" + "".join(f"{s.name},{s.label},{s.split}\n" for s in specs),
     )
@@ -298,5 +292,5 @@ def generate(config: SynthConfig) -> list[SlideSpec]:
             for s in specs
         ],
     }
-    _atomic_text(root / layout.METADATA_JSON, json.dumps(metadata, indent=1) + "\n")
+    write_text(root / layout.METADATA_JSON, json.dumps(metadata, indent=1) + "\n")
     return specs

@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import tifffile
 
-logger = logging.getLogger(__name__)
+from wsi_tumor.fileio import atomic_path
+
+log = logging.getLogger(__name__)
 
 TILE = 256
 """Tile side in pixels (every level)."""
@@ -232,28 +232,6 @@ class _Pyramid:
                 source.close()
 
 
-class _TempPath:
-    """Context: a temporary sibling path renamed onto ``path`` on success, removed otherwise."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp")
-
-    def __enter__(self) -> Path:
-        return self.tmp
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-
-
 def write_pyramid(
     path: str | Path,
     spec: PyramidSpec,
@@ -285,12 +263,12 @@ def write_pyramid(
     pyramid = _Pyramid(spec, render, render_level, progress, path.parent)
     with (
         tempfile.TemporaryDirectory(dir=path.parent, prefix=".pyramid-") as workdir,
-        _TempPath(path) as tmp,
+        atomic_path(path) as tmp,
     ):
         pyramid.workdir = Path(workdir)
         # compressed tiles are smaller than raw pixels: classic TIFF is safe below 4 GiB raw
         bigtiff = spec.width * spec.height * spec.channels * 4 // 3 >= 2**32
         with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as writer:
             pyramid.write(writer)
-    logger.debug("wrote %s: levels %s", path, pyramid.dims)
+    log.debug("wrote %s: levels %s", path, pyramid.dims)
     return pyramid.dims

@@ -7,18 +7,16 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from wsi_tumor.errors import WsiTumorError, report_error
+from wsi_tumor.commandline import EXIT_OK, add_logging_flags, make_parser, run_command
 from wsi_tumor.evaluation.nms import NMS_BOX, NMS_RADIUS, NMS_THRESHOLD
+from wsi_tumor.evaluation.slide_level import SCORE_RULES
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``wsi-froc``."""
-    p = argparse.ArgumentParser(
-        prog="wsi-froc",
-        description="FROC score of lesion detections with the CAMELYON16 protocol.",
-    )
+    p = make_parser("wsi-froc", "FROC score of lesion detections with the CAMELYON16 protocol.")
     p.add_argument(
         "--detections",
         required=True,
@@ -64,35 +62,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--nms-threshold", type=float, default=NMS_THRESHOLD, help="NMS stopping probability"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
-    p.add_argument("--verbose", action="store_true", help="log per-slide details")
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="testing.csv-style 'slide,label' file (label tumor/normal): adds the slide-level "
+        "task, ROC AUC of each slide's score, to froc.json with roc_curve.png/csv",
+    )
+    p.add_argument(
+        "--slide-score",
+        choices=SCORE_RULES,
+        default="map-max",
+        help="a slide's score: map-max (its map's maximum, needs <slide>.npy beside the CSV; "
+        "the challenge baseline) or detection-max (its best candidate)",
+    )
+    add_logging_flags(p)
     return p  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``wsi-froc``; returns the exit code (0 ok, 1 bad input, 2 bad flags)."""
-    args = build_parser().parse_args(argv)
-    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    return run_command(
+        "wsi-froc", build_parser(), _froc, argv, log_format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _froc(args: argparse.Namespace) -> int:
     from wsi_tumor.evaluation.evaluate import FrocConfig, evaluate_directory
     from wsi_tumor.evaluation.report import write_report
 
-    try:
-        config = FrocConfig.build(
-            protocol=args.protocol,
-            level=args.level,
-            map_level=args.map_level,
-            mpp=args.mpp,
-            nms_radius=args.nms_radius,
-            nms_box=args.nms_box,
-            nms_threshold=args.nms_threshold,
+    config = FrocConfig.build(
+        protocol=args.protocol,
+        level=args.level,
+        map_level=args.map_level,
+        mpp=args.mpp,
+        nms_radius=args.nms_radius,
+        nms_box=args.nms_box,
+        nms_threshold=args.nms_threshold,
+    )
+    report = evaluate_directory(
+        args.detections, args.ground_truth, config, args.images, progress=not args.quiet
+    )
+    slide_level = None
+    if args.reference is not None:
+        from wsi_tumor.evaluation.evaluate import list_detection_files
+        from wsi_tumor.evaluation.slide_level import evaluate_slide_level, read_reference
+
+        slide_level = evaluate_slide_level(
+            list_detection_files(args.detections, args.map_level),
+            read_reference(args.reference),
+            args.slide_score,
         )
-        report = evaluate_directory(
-            args.detections, args.ground_truth, config, args.images, progress=not args.quiet
-        )
-        paths = write_report(args.out, report)
-    except WsiTumorError as exc:
-        return report_error("wsi-froc", exc)
+    paths = write_report(args.out, report, slide_level)
     results = [r.result for r in report.slides]
     print(
         f"FROC {report.score:.4f} ({config.protocol}, level {config.level}) over "
@@ -101,7 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{sum(len(r.itc_labels) for r in results)} ITC, {sum(r.num_fp for r in results)} FP) "
         f"-> {paths['json']}"
     )
-    return 0
+    if slide_level is not None:
+        print(
+            f"slide-level AUC {slide_level.auc:.4f} ({slide_level.score_rule}) over "
+            f"{len(slide_level.slides)} slides ({int(slide_level.labels.sum())} tumour)"
+        )
+    return EXIT_OK
 
 
 if __name__ == "__main__":

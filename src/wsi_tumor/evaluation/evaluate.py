@@ -47,7 +47,7 @@ from wsi_tumor.evaluation.nms import (
     read_detections,
 )
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 Protocol = Literal["camelyon16", "monai"]
 
@@ -228,7 +228,7 @@ def evaluate_directory(
             labels = evaluation_mask(tumour, config.level, geometry.mpp)
             itc = itc_labels(labels, config.level, geometry.mpp)
         result = evaluate_slide(slide, detections, labels, itc, config.level)
-        logger.info(
+        log.info(
             "%s: %s, %d detections, %d FP, %d/%d lesions hit, %d ITC",
             slide, gt.kind, result.num_detections, result.num_fp,
             result.num_lesions_hit, result.num_lesions, len(result.itc_labels),
@@ -238,12 +238,12 @@ def evaluate_directory(
     gt_slides = {p.name.lower().rsplit("_mask", 1)[0] for p in gt_dir.glob("*_[mM]ask.tif")}
     missing = sorted(gt_slides - {r.result.name.lower() for r in records})
     if missing:
-        logger.warning("ground truth without detections (not evaluated): %s", ", ".join(missing))
+        log.warning("ground truth without detections (not evaluated): %s", ", ".join(missing))
     results = [r.result for r in records]
     fps, sens, thresholds = froc_curve(results)
     score, at = froc_score(fps, sens, config.eval_fps)
     mpps = sorted({r.mpp for r in records})
-    logger.info(
+    log.info(
         "level %d, mpp %s: grow < %.3f px, ITC < %.3f px (at mpp %.4g)",
         config.level, mpps, grow_threshold_px(config.level, mpps[0]),
         itc_threshold_px(config.level, mpps[0]), mpps[0],

@@ -29,7 +29,7 @@ from wsi_tumor.errors import EvaluationError
 if TYPE_CHECKING:
     from wsi_tumor.evaluation.masks import LabelMask
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 EVAL_FPS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 """False positives per slide at which sensitivity is averaged (the challenge's)."""

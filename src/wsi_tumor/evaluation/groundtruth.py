@@ -22,9 +22,7 @@ from wsi_tumor.errors import EvaluationError, WsiTumorError
 from wsi_tumor.evaluation.masks import binarise_mask, read_mask_level
 from wsi_tumor.slide import SLIDE_SUFFIXES
 
-logger = logging.getLogger(__name__)
-
-"""Extensions tried for ``<images>/<slide>``."""
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,7 @@ def find_ground_truth(gt_dir: str | Path, slide: str) -> GroundTruth:
             xmls.append(entry)
     if masks:
         if xmls:
-            logger.info("%s: using mask %s rather than %s", slide, masks[0].name, xmls[0].name)
+            log.info("%s: using mask %s rather than %s", slide, masks[0].name, xmls[0].name)
         return GroundTruth(slide, "mask", masks[0])
     if xmls:
         return GroundTruth(slide, "xml", xmls[0])
@@ -124,10 +122,10 @@ def slide_geometry(
                 try:
                     mpp_x, mpp_y = reader.mpp
                     if abs(mpp_x - mpp_y) > 0.01 * max(mpp_x, mpp_y):
-                        logger.warning("%s: mpp x %.4f != y %.4f; using x", path, mpp_x, mpp_y)
+                        log.warning("%s: mpp x %.4f != y %.4f; using x", path, mpp_x, mpp_y)
                     slide_mpp = float(mpp_x)
                 except WsiTumorError as exc:
-                    logger.info("%s: no resolution (%s); using %.3f um/px", path, exc, DEFAULT_MPP)
+                    log.info("%s: no resolution (%s); using %.3f um/px", path, exc, DEFAULT_MPP)
         except WsiTumorError as exc:
             raise EvaluationError(f"{path}: cannot open slide for its geometry: {exc}") from exc
     if mpp_override is not None:

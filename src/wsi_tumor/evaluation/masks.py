@@ -20,7 +20,7 @@ from skimage import measure
 from wsi_tumor.contract import DEFAULT_MPP
 from wsi_tumor.errors import EvaluationError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 GROW_DISTANCE_UM = 75.0
 """Tumour regions are grown by this distance (the size of about five tumour cells)."""
@@ -140,7 +140,7 @@ def binarise_mask(mask: npt.ArrayLike, source: str = "mask") -> npt.NDArray[np.b
         tumour = arr == 255
         other = int(np.count_nonzero((arr != 0) & ~tumour))
         if other:
-            logger.warning("%s: %d mask pixels are neither 0 nor 255; not tumour", source, other)
+            log.warning("%s: %d mask pixels are neither 0 nor 255; not tumour", source, other)
         return np.asarray(tumour)
     values = np.unique(arr)[:8].tolist()
     raise EvaluationError(

@@ -19,17 +19,18 @@ import numpy as np
 import numpy.typing as npt
 
 from wsi_tumor.errors import EvaluationError
+from wsi_tumor.fileio import format_number, write_text
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 CSV_HEADER = "prob,x,y"
+"""Optional first line of a detections CSV; :func:`write_detections` omits it by default."""
 NMS_RADIUS: Final = 12
 """NCRF's suppression radius in level-6 cells."""
 NMS_BOX: Final = 48
 """MONAI ``LesionFROC``'s suppression box in cells."""
 NMS_THRESHOLD: Final = 0.5
 """NMS stops once the remaining maximum is <= this probability (NCRF and MONAI)."""
-"""Optional first line of a detections CSV; :func:`write_detections` omits it by default."""
 
 Detections = npt.NDArray[np.float64]
 """(n, 3) float64 array of (prob, x, y) with level-0 x = column, y = row."""
@@ -86,7 +87,7 @@ def _greedy_nms(
         r0, r1 = max(r - lower, 0), min(r + upper, n_rows)
         c0, c1 = max(c - lower, 0), min(c + upper, n_cols)
         suppressed[r0:r1, c0:c1] = True
-    logger.debug("NMS kept %d of %d cells above %.3f", len(picked), rows.size, threshold)
+    log.debug("NMS kept %d of %d cells above %.3f", len(picked), rows.size, threshold)
     detections = np.asarray(picked, dtype=np.float64).reshape(-1, 3)
     if size is not None:
         # The centre of a last, partial mask cell can lie past the slide's edge.
@@ -213,11 +214,6 @@ def read_detections(path: str | Path) -> Detections:
     return np.asarray(rows, dtype=np.float64)
 
 
-def _format_number(value: float) -> str:
-    """Integers without a decimal point, other values at full round-trip precision."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
 def write_detections(path: str | Path, detections: npt.ArrayLike, header: bool = False) -> Path:
     """Write ``prob,x,y`` lines; no header by default, as CAMELYON16 submissions and NCRF.
 
@@ -236,6 +232,6 @@ def write_detections(path: str | Path, detections: npt.ArrayLike, header: bool =
     path = Path(path)
     arr = np.asarray(detections, dtype=np.float64).reshape(-1, 3)
     lines = [CSV_HEADER] if header else []
-    lines += [",".join(_format_number(v) for v in (p, x, y)) for p, x, y in arr]
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    lines += [",".join(format_number(v) for v in (p, x, y)) for p, x, y in arr]
+    write_text(path, "".join(line + "\n" for line in lines))
     return path

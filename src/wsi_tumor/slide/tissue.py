@@ -1,31 +1,49 @@
-"""Tissue mask on the mask grid: Otsu on HSV saturation, as MONAI and NCRF compute it.
+"""Tissue mask on the mask grid: MONAI's rule by default, NCRF's and ink exclusion as options.
 
-The rule (:func:`tissue_from_rgb`) is NCRF's ``wsi/bin/tissue_mask.py``, whose first two
-terms are exactly MONAI's ``ForegroundMask(hsv_threshold={"S": "otsu"})`` (which keeps its
-default ``threshold="otsu"`` on R, G and B)::
+The default rule (``rule="monai"``) is exactly MONAI's ``MaskedPatchWSIDataset`` mask,
+``ForegroundMask(hsv_threshold={"S": "otsu"})`` (which keeps its default ``threshold="otsu"``
+on R, G and B)::
 
-    tissue = (S > otsu(S))                              # saturated: stained
+    tissue = (S > otsu(S))                                 # saturated: stained
            & (R <= otsu(R) | G <= otsu(G) | B <= otsu(B))  # darker than the glass somewhere
-           & (R > 50) & (G > 50) & (B > 50)              # NCRF's RGB_min: not black ink
 
 with S from ``skimage.color.rgb2hsv`` and thresholds from ``skimage.filters.threshold_otsu``.
+``rule="ncrf"`` adds NCRF's ``RGB_min = 50`` term, ``& (R > 50) & (G > 50) & (B > 50)``, which
+also drops dense, dark haematoxylin-rich tissue (where tumour nuclei crowd): it is there only
+to reproduce NCRF. MONAI's rule already leaves out glass, grey or black scanner borders and
+black ink on glass (they are not saturated).
+
+``exclude_ink=True`` (an option beyond MONAI's rule, recorded in the slide's report) also
+drops cells that are ink by what they are, never by darkness alone: a hue no H&E stain has
+(green, cyan, blue, yellow: hue in [0.15, 0.66] with saturation above 0.15), a colour more
+saturated than any H&E at this scale (saturation above 0.75: red and magenta markers), or
+no colour at all while dark (chroma below 0.08 and value below 0.6: black ink, grey
+shadows). Dense haematoxylin stays: dark but strongly coloured (about RGB (92, 44, 117):
+hue 0.78, chroma 0.29). Out-of-focus areas are not detected (the mask level has no
+texture left to judge focus by).
 
 Otsu always splits a histogram in two, even a flat one: on blank glass it would call the
 noisier half of the glass "tissue", and on a crop that is all tissue it would drop the
 paler half. So the two saturation classes Otsu finds are checked against
 :data:`TISSUE_SATURATION` (the real H&E sample's paler Otsu class has mean 0.25; near-white
-glass such as (238, 236, 240) has 0.02): if
-even the high class's mean is below it there is no tissue (all-background slide, empty
-mask); if even the low class's mean reaches it, everything not black is tissue; only
-otherwise (glass against tissue, every real slide) does the rule above apply.
+glass such as (238, 236, 240) has 0.02): if even the high class's mean is below it there is
+no tissue (all-background slide, empty mask: the one place this differs from MONAI, which
+would call glass noise tissue); if even the low class's mean reaches it and there is no
+glass (under 1 % bright unsaturated cells), everything is tissue; otherwise (glass against
+tissue, every real slide) the rule above applies. With ``exclude_ink`` the ink cells are
+left out of these statistics too, so a slide covered in marker is thresholded on its
+tissue and glass alone.
+
+A slide whose background is dark (median value below 0.3 with most cells darker than 0.25:
+fluorescence) is not brightfield H&E and raises :class:`NotBrightfieldError`.
 
 Grid: mask cell (row, col) covers level-0 pixels [row * 2**L, (row + 1) * 2**L) (columns
 alike), so the mask has ceil(H0 / 2**L) x ceil(W0 / 2**L) cells. The RGB image on that grid
 is the pyramid level whose size is that grid (within one pixel: a floor-rounded level is
 edge-padded); failing that, the nearest finer level is read whole and block-averaged in RGB
 (factor 2**L / downsample, partial edge blocks averaging their own pixels), which is what a
-2x-mean pyramid level would hold. A non-integral factor uses antialiased bilinear
-``skimage.transform.resize``.
+2x-mean pyramid level would hold. A non-integral factor (a 20x slide read at the model's
+resolution, odd pyramids) area-averages with PIL's box filter over the exact cell grid.
 """
 
 from __future__ import annotations
@@ -38,9 +56,9 @@ import numpy as np
 import numpy.typing as npt
 
 from wsi_tumor.contract import MASK_LEVEL
-from wsi_tumor.errors import NotPyramidalError
+from wsi_tumor.errors import ConfigError, NotBrightfieldError, NotPyramidalError
 from wsi_tumor.slide.base import SlideReader
-from wsi_tumor.slide.virtual import block_mean
+from wsi_tumor.slide.image import block_mean
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +68,20 @@ TISSUE_SATURATION = 0.1
 """Mean HSV saturation from which an Otsu class counts as stained tissue, not glass."""
 RGB_MIN = 50
 """NCRF's RGB_min: pixels with any channel at or below this are not tissue."""
+GLASS_VALUE, GLASS_SATURATION, GLASS_SHARE = 0.85, 0.05, 0.01
+"""Bright, unsaturated cells are glass; with 1 % of them a slide is not "all tissue"."""
+TISSUE_RULES = ("monai", "ncrf")
+"""``--tissue-rule`` values: MONAI's mask (default) or NCRF's (adds RGB_min)."""
+INK_HUES = (0.15, 0.66)
+"""Hues of green, cyan, blue and yellow ink, which no H&E stain has."""
+INK_MIN_SATURATION = 0.15
+MARKER_SATURATION = 0.75
+"""Saturation above any H&E cell at the mask level: red and magenta marker."""
+COLOURLESS_CHROMA = 0.08
+COLOURLESS_MAX_VALUE = 0.6
+"""Cells this colourless and this dark are black ink or grey shadow, not stained tissue."""
+DARK_BACKGROUND_VALUE = (0.3, 0.25, 0.5)
+"""Not brightfield: median value below 0.3 and more than half the cells darker than 0.25."""
 
 
 def mask_shape(slide: SlideReader, level: int = MASK_LEVEL) -> tuple[int, int]:
@@ -59,27 +91,75 @@ def mask_shape(slide: SlideReader, level: int = MASK_LEVEL) -> tuple[int, int]:
     return -(-height // step), -(-width // step)
 
 
-def tissue_from_rgb(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
-    """Tissue pixels of an (h, w, 3) uint8 RGB image (rule in the module docstring)."""
+def tissue_from_rgb(
+    rgb: npt.NDArray[np.uint8], rule: str = "monai", exclude_ink: bool = False
+) -> npt.NDArray[np.bool_]:
+    """Tissue pixels of an (h, w, 3) uint8 RGB image (rules in the module docstring).
+
+    Args:
+        rgb: The image on the mask grid.
+        rule: ``monai`` (default) or ``ncrf``.
+        exclude_ink: Also drop ink and colourless dark cells.
+    """
     from skimage.color import rgb2hsv
 
-    saturation = rgb2hsv(rgb)[..., 1]
-    not_black = np.all(rgb > RGB_MIN, axis=-1)
-    threshold = _otsu(saturation)
-    low, high = saturation <= threshold, saturation > threshold
+    if rule not in TISSUE_RULES:
+        raise ConfigError(f"--tissue-rule must be one of {', '.join(TISSUE_RULES)}, got {rule!r}")
+    hsv = rgb2hsv(rgb)
+    saturation = hsv[..., 1]
+    keep = np.all(rgb > RGB_MIN, axis=-1) if rule == "ncrf" else np.ones(saturation.shape, bool)
+    counted = np.ones(saturation.shape, bool)
+    if exclude_ink:  # ink is neither tissue nor part of the statistics the thresholds come from
+        counted = ~ink_cells(rgb, hsv)
+        keep &= counted
+        if not counted.any():
+            return np.zeros(saturation.shape, bool)
+    threshold = _otsu(saturation[counted])
+    low, high = (saturation <= threshold) & counted, (saturation > threshold) & counted
     low_mean = float(saturation[low].mean()) if low.any() else 0.0
     high_mean = float(saturation[high].mean()) if high.any() else low_mean
     if high_mean < TISSUE_SATURATION:
         log.debug("no stained class (saturation class means %.3f, %.3f)", low_mean, high_mean)
         return np.zeros(saturation.shape, bool)
-    if low_mean >= TISSUE_SATURATION:
+    glass = (hsv[..., 2] > GLASS_VALUE) & (saturation < GLASS_SATURATION) & counted
+    if low_mean >= TISSUE_SATURATION and glass.mean() < GLASS_SHARE:
         log.debug("all stained (saturation class means %.3f, %.3f)", low_mean, high_mean)
-        return not_black
+        return keep
     darker = np.zeros(saturation.shape, bool)
     for channel in range(3):
         values = rgb[..., channel]
-        darker |= values <= _otsu(values)
-    return high & darker & not_black
+        darker |= values <= _otsu(values[counted])
+    return high & darker & keep
+
+
+def ink_cells(
+    rgb: npt.NDArray[np.uint8], hsv: npt.NDArray[np.floating] | None = None
+) -> npt.NDArray[np.bool_]:
+    """Cells that are ink or colourless dark, by hue, saturation and chroma (module docstring)."""
+    from skimage.color import rgb2hsv
+
+    hsv = rgb2hsv(rgb) if hsv is None else hsv
+    hue, saturation, value = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    chroma = (rgb.max(axis=-1).astype(np.float32) - rgb.min(axis=-1)) / 255.0
+    low, high = INK_HUES
+    foreign_hue = (hue >= low) & (hue <= high) & (saturation > INK_MIN_SATURATION)
+    marker = saturation > MARKER_SATURATION
+    colourless = (chroma < COLOURLESS_CHROMA) & (value < COLOURLESS_MAX_VALUE)
+    return np.asarray(foreign_hue | marker | colourless)
+
+
+def check_brightfield(rgb: npt.NDArray[np.uint8], path: object) -> None:
+    """Raise NotBrightfieldError when the image's background is dark (fluorescence)."""
+    value = rgb.max(axis=-1) / 255.0
+    median_limit, dark, share = DARK_BACKGROUND_VALUE
+    median = float(np.median(value))
+    dark_share = float((value < dark).mean())
+    if median < median_limit and dark_share > share:
+        raise NotBrightfieldError(
+            f"{path}: not a brightfield H&E slide: the background is dark (median brightness "
+            f"{median:.2f}, {100 * dark_share:.0f} % of the slide darker than {dark}), as in "
+            "fluorescence; the model reads brightfield H&E only"
+        )
 
 
 def mask_rgb(
@@ -105,15 +185,25 @@ def mask_rgb(
     if abs(factor - round(factor)) < 1e-3:
         log.debug("%s: mask from level %d block-averaged by %d", slide.path, index, round(factor))
         return _fit(block_mean(image, round(factor)), rows, cols)
-    from skimage.transform import resize
+    from PIL import Image
 
-    log.debug("%s: mask from level %d resized by %.4f", slide.path, index, factor)
-    resized = resize(image, (rows, cols), order=1, anti_aliasing=True, preserve_range=True)
-    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+    log.debug("%s: mask from level %d area-averaged by %.4f", slide.path, index, factor)
+    height, width = math.ceil(rows * factor), math.ceil(cols * factor)
+    pad = ((0, max(0, height - image.shape[0])), (0, max(0, width - image.shape[1])), (0, 0))
+    padded = np.pad(image, pad, mode="edge") if any(p[1] for p in pad) else image
+    resized = Image.fromarray(padded).resize(
+        (cols, rows), Image.Resampling.BOX, box=(0.0, 0.0, cols * factor, rows * factor)
+    )
+    return np.asarray(resized, dtype=np.uint8)
 
 
 def tissue_mask(
-    slide: SlideReader, level: int = MASK_LEVEL, max_pixels: int = MASK_MAX_PIXELS
+    slide: SlideReader,
+    level: int = MASK_LEVEL,
+    max_pixels: int = MASK_MAX_PIXELS,
+    *,
+    rule: str = "monai",
+    exclude_ink: bool = False,
 ) -> npt.NDArray[np.bool_]:
     """Boolean tissue mask of shape :func:`mask_shape` (row = y, col = x).
 
@@ -121,14 +211,19 @@ def tissue_mask(
         slide: An open slide.
         level: Mask level: one cell per 2**level level-0 pixels.
         max_pixels: Most pixels of a pyramid level read whole to build the mask.
+        rule: ``monai`` (default: MONAI's MaskedPatchWSIDataset mask) or ``ncrf``.
+        exclude_ink: Also drop ink and colourless dark cells (module docstring).
 
     Returns:
         (rows, cols) bool, True where the cell is tissue.
 
     Raises:
         NotPyramidalError: No level is small enough to read whole (see :func:`mask_rgb`).
+        NotBrightfieldError: The slide's background is dark (fluorescence).
     """
-    mask = tissue_from_rgb(mask_rgb(slide, level, max_pixels))
+    rgb = mask_rgb(slide, level, max_pixels)
+    check_brightfield(rgb, slide.path)
+    mask = tissue_from_rgb(rgb, rule, exclude_ink)
     log.info("%s: tissue in %d of %d mask cells", slide.path, int(mask.sum()), mask.size)
     return mask
 

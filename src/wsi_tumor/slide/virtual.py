@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from wsi_tumor.slide.region import ReaderBase
+from wsi_tumor.slide.base import SlideReader
+from wsi_tumor.slide.image import halve
 
 log = logging.getLogger(__name__)
 
@@ -16,40 +17,7 @@ DEFAULT_TOP_SIDE = 256
 """Without ``levels``, halve until the longer side of the top level is at most this."""
 
 
-def halve(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """2x block-mean downsample, rounded to nearest; a partial edge block averages its pixels.
-
-    The result is (ceil(h / 2), ceil(w / 2), 3).
-    """
-    return block_mean(image, 2)
-
-
-def block_mean(image: npt.NDArray[np.uint8], factor: int) -> npt.NDArray[np.uint8]:
-    """Mean of each ``factor`` x ``factor`` block, rounded to uint8; edge blocks may be partial.
-
-    Args:
-        image: (h, w, c) uint8.
-        factor: Block side, >= 1.
-
-    Returns:
-        (ceil(h / factor), ceil(w / factor), c) uint8.
-    """
-    if factor < 1:
-        raise ValueError(f"block factor must be >= 1, got {factor}")
-    if factor == 1:
-        return image.copy()
-    height, width = image.shape[:2]
-    row_starts = np.arange(0, height, factor)
-    col_starts = np.arange(0, width, factor)
-    sums = np.add.reduceat(image, row_starts, axis=0, dtype=np.float64)
-    sums = np.add.reduceat(sums, col_starts, axis=1)
-    rows = np.diff(np.append(row_starts, height))
-    cols = np.diff(np.append(col_starts, width))
-    counts = np.outer(rows, cols).astype(np.float64)[..., None]
-    return np.clip(np.rint(sums / counts), 0, 255).astype(np.uint8)
-
-
-class VirtualSlide(ReaderBase):
+class VirtualSlide(SlideReader):
     """A :class:`~wsi_tumor.slide.base.SlideReader` over an (H, W, 3) uint8 array.
 
     Level k is level k-1 halved by :func:`halve`, so level dimensions are

@@ -2,13 +2,12 @@
 
 A training checkpoint is a dict ``{"model", "optimizer", "scheduler", "scaler", "epoch",
 "best_metric", "config", "history"}``; ``model`` is the bare TumorResNetFCN state_dict (no DDP
-``module.`` prefix), so :func:`wsi_tumor.export.checkpoint.load_model` and MONAI read it.
+``module.`` prefix), so :func:`wsi_tumor.models.checkpoint.load_model` and MONAI read it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,8 @@ import torch
 from torch import nn
 
 from wsi_tumor.errors import CheckpointError, ConfigError
-from wsi_tumor.export.checkpoint import load_model, load_state_dict
+from wsi_tumor.fileio import atomic_path
+from wsi_tumor.models.checkpoint import check_state_dict, load_state_dict, state_dict_of
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,12 @@ LAST_NAME: Final = "last.pt"
 _REQUIRED: Final = ("model", "optimizer", "scheduler", "epoch")
 # torchvision ResNet18 top-level modules -> index inside TumorResNetFCN.features
 _TV_TO_FEATURES: Final = {
-    "conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7,
+    "conv1": 0,
+    "bn1": 1,
+    "layer1": 4,
+    "layer2": 5,
+    "layer3": 6,
+    "layer4": 7,
 }
 
 
@@ -67,10 +72,8 @@ def save_checkpoint(
         "history": state.history,
         "config": dict(config),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        torch.save(payload, temporary)
     return path
 
 
@@ -81,10 +84,13 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
         CheckpointError: missing or unreadable file, a key of the training layout missing
             (named), or weights from another architecture.
     """
-    load_model(path)  # strict architecture check with a message naming keys
-    payload: Any = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(payload, Mapping):
-        raise CheckpointError(f"{path}: expected a dict, found {type(payload).__name__}")
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: checkpoint file does not exist")
+    try:
+        payload: Any = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        raise CheckpointError(f"{path}: cannot read as a torch checkpoint: {exc}") from exc
+    check_state_dict(state_dict_of(payload, path), path)  # names the keys on a mismatch
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:
         raise CheckpointError(
@@ -122,8 +128,9 @@ def init_weights(model: nn.Module, path: Path) -> None:
     Raises:
         CheckpointError: the file is missing or from another architecture (keys named).
     """
-    load_model(path)  # validates keys and shapes with a precise message
-    unwrap(model).load_state_dict(load_state_dict(path), strict=True)
+    state = load_state_dict(path)
+    check_state_dict(state, path)  # names the keys or shapes on a mismatch
+    unwrap(model).load_state_dict(state, strict=True)
     log.info("initialised weights from %s", path)
 
 

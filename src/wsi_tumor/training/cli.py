@@ -2,45 +2,48 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from wsi_tumor.errors import WsiTumorError, report_error
+from wsi_tumor.commandline import EXIT_OK, log_level, run_command
 
 log = logging.getLogger(__name__)
 
 
-def setup_logging(quiet: bool) -> None:
-    """Log to stderr: INFO (WARNING with ``--quiet``); other ranks than 0 log warnings only."""
-    rank = int(os.environ.get("RANK", "0"))
-    level = logging.WARNING if quiet or rank != 0 else logging.INFO
-    logging.basicConfig(
-        level=level,
-        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+def _level(args: argparse.Namespace) -> int:
+    """INFO (WARNING with ``--quiet``); ranks other than 0 log warnings only."""
+    return log_level(args) if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags (and ``--config`` YAML), train, return the exit code (2 on bad input)."""
-    from wsi_tumor.training.config import config_from_argv
+    from wsi_tumor.training.config import build_parser
 
-    try:
-        cfg = config_from_argv(argv)
-        setup_logging(cfg.quiet)
-        from wsi_tumor.training.trainer import train
+    rank = int(os.environ.get("RANK", "0"))
+    return run_command(
+        "wsi-train",
+        build_parser(),
+        _train,
+        argv,
+        level=_level,
+        log_format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
+    )
 
-        result = train(cfg)
-    except WsiTumorError as exc:
-        return report_error("wsi-train", exc)
+
+def _train(args: argparse.Namespace) -> int:
+    from wsi_tumor.training.config import resolve
+    from wsi_tumor.training.trainer import train
+
+    result = train(resolve(args))
     if result.history:
         last = result.history[-1]
-        log.info("done: valid accuracy %.4f; best checkpoint %s", last["valid_accuracy"],
-                 result.best)
-    return 0
+        log.info(
+            "done: valid accuracy %.4f; best checkpoint %s", last["valid_accuracy"], result.best
+        )
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, get_args
 
 import yaml
 
+from wsi_tumor.commandline import add_dataclass_flags, field_types, make_parser, option
 from wsi_tumor.errors import ConfigError
-from wsi_tumor.slide import READERS
+from wsi_tumor.fileio import write_text
+from wsi_tumor.slide import READER_CHOICES
 from wsi_tumor.training.grid import GRID_SPLITS, GridSplit
 
 DEVICES: Final = ("auto", "cpu", "cuda")
@@ -29,30 +31,35 @@ class TrainConfig:
     """Everything a training run depends on; written next to and into every checkpoint.
 
     Defaults follow the MONAI bundle's ``train.json`` (4 epochs, 128 regions per batch,
-    Novograd lr 1e-3, seed 15, 8 workers, cuCIM).
+    Novograd lr 1e-3, seed 15, 8 workers, cuCIM). Each field with a help text is a flag.
     """
 
-    labels_train: Path
-    labels_valid: Path
-    images: Path
-    out: Path
-    epochs: int = 4
-    batch_size: int = 128
-    """Regions per step and per process; each region gives 9 patches."""
-    lr: float = 1e-3
-    seed: int = 15
-    workers: int = 8
-    reader: str = "cucim"
-    grid_split: GridSplit = "centre"
-    resume: Path | None = None
-    init_from: Path | None = None
-    pretrained: bool = False
-    amp: bool | None = None
-    """None: on when training on CUDA, off on the CPU."""
-    device: str = "auto"
-    max_steps_per_epoch: int | None = None
-    max_valid_steps: int | None = None
-    quiet: bool = False
+    labels_train: Path = field(metadata={"help": "training label CSV (slide,x,y,l0..l8)"})
+    labels_valid: Path = field(metadata={"help": "validation label CSV"})
+    images: Path = field(metadata={"help": "directory of slides named <slide>.tif"})
+    out: Path = field(metadata={"help": "output dir: checkpoints, config, TensorBoard logs"})
+    epochs: int = option(4, "training epochs")
+    batch_size: int = option(128, "regions per step and process (x9 patches)")
+    lr: float = option(1e-3, "Novograd learning rate")
+    seed: int = option(15, "random seed")
+    workers: int = option(8, "DataLoader worker processes")
+    reader: str = option("auto", "slide reader (auto: per format)", choices=READER_CHOICES)
+    mpp: float | None = option(
+        None, "level-0 um/px of every slide whose file does not state it (default: the file's)"
+    )
+    grid_split: GridSplit = option(
+        "centre",
+        "patch placement: centre crops of the cells, or MONAI GridSplit spacing",
+        choices=GRID_SPLITS,
+    )
+    resume: Path | None = option(None, "training checkpoint to continue from")
+    init_from: Path | None = option(None, "weights to start from (ours or the bundle's model.pt)")
+    pretrained: bool = option(False, "ImageNet ResNet18 weights from the local torch hub cache")
+    amp: bool | None = option(None, "mixed precision (default: on with CUDA, off on the CPU)")
+    device: str = option("auto", "training device", choices=DEVICES)
+    max_steps_per_epoch: int | None = option(None, "bound each training epoch (CPU runs)")
+    max_valid_steps: int | None = option(None, "bound each validation pass")
+    quiet: bool = option(False, "no progress bar, warnings only")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/YAML-friendly dict (paths as strings)."""
@@ -62,47 +69,26 @@ class TrainConfig:
 
     def write(self, directory: Path) -> None:
         """Write ``config.yaml`` and ``config.json`` into ``directory``."""
-        directory.mkdir(parents=True, exist_ok=True)
         data = self.to_dict()
-        (directory / CONFIG_YAML).write_text(yaml.safe_dump(data, sort_keys=False))
-        (directory / CONFIG_JSON).write_text(json.dumps(data, indent=2) + "\n")
+        write_text(directory / CONFIG_YAML, yaml.safe_dump(data, sort_keys=False))
+        write_text(directory / CONFIG_JSON, json.dumps(data, indent=2) + "\n")
 
 
 _FIELDS: Final = {f.name: f for f in fields(TrainConfig)}
-_PATH_KEYS: Final = {"labels_train", "labels_valid", "images", "out", "resume", "init_from"}
-_OPTIONAL_INT: Final = {"max_steps_per_epoch", "max_valid_steps"}
+_TYPES: Final = field_types(TrainConfig)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the training flags; every default is None so YAML and defaults can fill in."""
-    a = parser.add_argument
-    a("dataset", nargs="?", type=Path, default=None,
-      help=f"dataset dir: defaults --labels-train DIR/{TRAIN_CSV}, --labels-valid "
-           f"DIR/{VALID_CSV}, --images DIR/{IMAGES_DIR}")
-    a("--config", type=Path, help="YAML file of defaults (keys = long flag names)")
-    a("--labels-train", type=Path, help="training label CSV (slide,x,y,l0..l8)")
-    a("--labels-valid", type=Path, help="validation label CSV")
-    a("--images", type=Path, help="directory of slides named <slide>.tif")
-    a("--out", type=Path, help="output dir: checkpoints, config, TensorBoard logs")
-    a("--epochs", type=int)
-    a("--batch-size", type=int, help="regions per step and process (x9 patches)")
-    a("--lr", type=float)
-    a("--seed", type=int)
-    a("--workers", type=int, help="DataLoader worker processes")
-    a("--reader", choices=READERS)
-    a("--grid-split", choices=GRID_SPLITS,
-      help="patch placement: centre crops of the cells, or MONAI GridSplit spacing")
-    a("--resume", type=Path, help="training checkpoint to continue from")
-    a("--init-from", type=Path, help="weights to start from (ours or the bundle's model.pt)")
-    a("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-      help="ImageNet ResNet18 weights from the local torch hub cache")
-    a("--amp", action=argparse.BooleanOptionalAction, default=None,
-      help="mixed precision (default: on with CUDA, off on the CPU)")
-    a("--device", choices=DEVICES)
-    a("--max-steps-per-epoch", type=int, help="bound each training epoch (CPU runs)")
-    a("--max-valid-steps", type=int, help="bound each validation pass")
-    a("--quiet", action=argparse.BooleanOptionalAction, default=None,
-      help="no progress bar, warnings only")
+    parser.add_argument(
+        "dataset", nargs="?", type=Path, default=None,
+        help=f"dataset dir: defaults --labels-train DIR/{TRAIN_CSV}, --labels-valid "
+        f"DIR/{VALID_CSV}, --images DIR/{IMAGES_DIR}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--config", type=Path, help="YAML file of defaults (keys = long flag names)"
+    )
+    add_dataclass_flags(parser, TrainConfig, defaults=False)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -129,19 +115,25 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
+    """``value`` (from YAML or a flag) as the type of field ``name``."""
     if value is None:
         return None
-    if name in _PATH_KEYS or name == "dataset":
-        return Path(value)
+    kind = Path if name == "dataset" else _TYPES[name]
     try:
-        if name in {"epochs", "batch_size", "seed", "workers"} | _OPTIONAL_INT:
+        if kind is Path:
+            return Path(value)
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind is int:
             if isinstance(value, bool) or int(value) != value:
                 raise ValueError
             return int(value)
-        if name == "lr":
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
             return float(value)
-        if name in {"pretrained", "amp", "quiet"} and not isinstance(value, bool):
-            raise ValueError
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: {name}: invalid value {value!r}") from None
     return value
@@ -155,15 +147,18 @@ def _validate(values: dict[str, Any], source: str) -> None:
     for name in ("epochs", "batch_size"):
         if values[name] < 1:
             raise ConfigError(f"{source}: {name} must be >= 1, got {values[name]}")
-    for name in _OPTIONAL_INT:
+    for name in ("max_steps_per_epoch", "max_valid_steps"):
         if values.get(name) is not None and values[name] < 1:
             raise ConfigError(f"{source}: {name} must be >= 1, got {values[name]}")
     if values["workers"] < 0:
         raise ConfigError(f"{source}: workers must be >= 0, got {values['workers']}")
     if not values["lr"] > 0:
         raise ConfigError(f"{source}: lr must be > 0, got {values['lr']}")
-    for name, choices in (("reader", READERS), ("device", DEVICES),
-                          ("grid_split", get_args(GridSplit))):
+    for name, choices in (
+        ("reader", READER_CHOICES),
+        ("device", DEVICES),
+        ("grid_split", get_args(GridSplit)),
+    ):
         if values[name] not in choices:
             raise ConfigError(f"{source}: {name} must be one of {choices}, got {values[name]!r}")
     if values.get("resume") and values.get("init_from"):
@@ -177,7 +172,7 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
         ConfigError: naming the file or flag at fault.
     """
     values: dict[str, Any] = {
-        f.name: f.default for f in _FIELDS.values() if f.default is not dataclasses.MISSING
+        name: f.default for name, f in _FIELDS.items() if f.default is not dataclasses.MISSING
     }
     source = "command line"
     if args.config is not None:
@@ -199,8 +194,13 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def config_from_argv(argv: Sequence[str] | None, prog: str = "wsi-train") -> TrainConfig:
-    """Parse ``argv`` and resolve the configuration (see :func:`resolve`)."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+def build_parser(prog: str = "wsi-train") -> argparse.ArgumentParser:
+    """The ``wsi-train`` argument parser."""
+    parser = make_parser(prog, "Train the tumour classifier (single process, or under torchrun).")
     add_arguments(parser)
-    return resolve(parser.parse_args(argv))
+    return parser
+
+
+def config_from_argv(argv: list[str] | None) -> TrainConfig:
+    """Parse ``argv`` and resolve the configuration (see :func:`resolve`)."""
+    return resolve(build_parser().parse_args(argv))

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from wsi_tumor.contract import TRAIN_REGION
 from wsi_tumor.errors import DatasetError
 from wsi_tumor.slide.base import SlideReader
+from wsi_tumor.slide.resolution import ModelResolutionView
 from wsi_tumor.training.grid import GridSplit, csv_to_grid, region_origin, split_region
 from wsi_tumor.training.labels import (
     LabelRow,
@@ -29,15 +30,25 @@ log = logging.getLogger(__name__)
 SlideOpener = Callable[[Path], SlideReader]
 
 
-def _open_with(path: Path, reader: str) -> SlideReader:
+def _open_with(path: Path, reader: str, mpp: float | None) -> SlideReader:
     from wsi_tumor.slide import open_slide
+    from wsi_tumor.slide.resolution import at_model_resolution
 
-    return open_slide(path, reader=reader)
+    slide = open_slide(path, reader=reader)
+    try:
+        return at_model_resolution(slide, override=mpp)[0]
+    except BaseException:
+        slide.close()
+        raise
 
 
-def reader_opener(reader: str) -> SlideOpener:
-    """A picklable ``path -> SlideReader`` using ``open_slide(path, reader=reader)``."""
-    return functools.partial(_open_with, reader=reader)
+def reader_opener(reader: str, mpp: float | None = None) -> SlideOpener:
+    """A picklable ``path -> SlideReader``: the slide at the training resolution.
+
+    A slide within 10 % of 0.243 um/px (CAMELYON16) is the slide itself; another one is a
+    :class:`~wsi_tumor.slide.resolution.ModelResolutionView` (``mpp`` forces its um/px).
+    """
+    return functools.partial(_open_with, reader=reader, mpp=mpp)
 
 
 class GridPatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -99,9 +110,15 @@ class GridPatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = self.rows[index]
-        region = self._reader(row.slide).read_region(
-            region_origin(row.x, row.y), (TRAIN_REGION, TRAIN_REGION), level=0
+        reader = self._reader(row.slide)
+        # a slide at another resolution is read through its view: coordinates in its pixels
+        scale = (
+            reader.resolution.slide_px_per_view_px
+            if isinstance(reader, ModelResolutionView)
+            else 1.0
         )
+        origin = region_origin(round(row.x / scale), round(row.y / scale))
+        region = reader.read_region(origin, (TRAIN_REGION, TRAIN_REGION), level=0)
         patches = split_region(region, self.split)
         images = self.augment(patches) if self.augment else to_normalised_tensor(patches)
         labels = torch.from_numpy(csv_to_grid(row.labels).reshape(-1))
@@ -116,6 +133,7 @@ def load_dataset(
     split: GridSplit = "centre",
     opener: SlideOpener | None = None,
     slide_size: SlideSizeFn | None = None,
+    mpp: float | None = None,
 ) -> GridPatchDataset:
     """Read and check a label CSV, then build the dataset.
 
@@ -131,6 +149,10 @@ def load_dataset(
     positives = sum(sum(r.labels) for r in rows)
     log.info(
         "%s: %d regions (%d patches, %d tumour) on %d slides",
-        labels_csv, len(rows), 9 * len(rows), positives, len(paths),
+        labels_csv,
+        len(rows),
+        9 * len(rows),
+        positives,
+        len(paths),
     )
-    return GridPatchDataset(rows, paths, opener or reader_opener(reader), train, split)
+    return GridPatchDataset(rows, paths, opener or reader_opener(reader, mpp), train, split)

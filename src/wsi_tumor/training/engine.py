@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -55,8 +55,9 @@ def _reduce(
     total = all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=device), info)
     loss_sum, correct, count = (float(v) for v in total.cpu())
     count = max(count, 1.0)
-    return EpochStats(loss_sum / count, correct / count, int(count), time.perf_counter() - start,
-                      steps)
+    return EpochStats(
+        loss_sum / count, correct / count, int(count), time.perf_counter() - start, steps
+    )
 
 
 def train_one_epoch(
@@ -69,12 +70,10 @@ def train_one_epoch(
     epoch: int,
     max_steps: int | None = None,
     quiet: bool = False,
-    on_step: Callable[[float], None] | None = None,
 ) -> EpochStats:
     """Train for one epoch (at most ``max_steps`` steps).
 
     Args:
-        on_step: Optional callable ``(global_loss: float) -> None`` run after each step.
 
     Returns:
         Mean BCE loss and patch accuracy over the patches seen, with throughput.
@@ -87,8 +86,14 @@ def train_one_epoch(
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     if max_steps is not None:
         total = min(total, max_steps) if total is not None else max_steps
-    bar = tqdm(total=total, desc=f"epoch {epoch}", unit="step",
-               disable=quiet or not info.is_main, leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        desc=f"epoch {epoch}",
+        unit="step",
+        disable=quiet or not info.is_main,
+        leave=False,
+        dynamic_ncols=True,
+    )
     steps = 0
     for batch in loader:
         if max_steps is not None and steps >= max_steps:
@@ -111,8 +116,6 @@ def train_one_epoch(
         loss_sum += loss_value * n
         correct += float(((logits.detach() > 0).float() == labels).sum())
         count += n
-        if on_step is not None:
-            on_step(loss_value)
         elapsed = time.perf_counter() - start
         bar.set_postfix(loss=f"{loss_value:.4f}", patches_s=f"{count / elapsed:.1f}")
         bar.update(1)
@@ -136,8 +139,14 @@ def evaluate(
     loss_sum = correct = count = 0.0
     start = time.perf_counter()
     steps = 0
-    for batch in tqdm(loader, desc="validate", unit="step", leave=False,
-                      disable=quiet or not info.is_main, dynamic_ncols=True):
+    for batch in tqdm(
+        loader,
+        desc="validate",
+        unit="step",
+        leave=False,
+        disable=quiet or not info.is_main,
+        dynamic_ncols=True,
+    ):
         if max_steps is not None and steps >= max_steps:
             break
         images, labels = flatten_batch(batch, device)

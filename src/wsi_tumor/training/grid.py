@@ -36,17 +36,25 @@ def region_origin(x: int, y: int) -> tuple[int, int]:
     return x - HALF_REGION, y - HALF_REGION
 
 
-def cell_centres_csv_order(x: int, y: int) -> npt.NDArray[np.int64]:
+def cell_centres_csv_order(x: int, y: int, scale: float = 1.0) -> npt.NDArray[np.float64]:
     """Level-0 (x, y) centres of the nine cells around (x, y), in CSV label order.
 
+    Args:
+        x: Level-0 column of the region's centre.
+        y: Level-0 row.
+        scale: Slide level-0 pixels per training-resolution pixel (1 for CAMELYON16; 0.487
+            for a 20x slide, whose 256 px cells are 125 of its own pixels).
+
     Returns:
-        (9, 2) int array; row ``k`` is the centre of cell (col ``k // 3``, row ``k % 3``).
+        (9, 2) array; row ``k`` is the centre of cell (col ``k // 3``, row ``k % 3``).
     """
-    x0, y0 = region_origin(x, y)
-    out = np.empty((NUM_CELLS, 2), dtype=np.int64)
+    out = np.empty((NUM_CELLS, 2), dtype=np.float64)
     for k in range(NUM_CELLS):
         col, row = divmod(k, GRID_SHAPE)
-        out[k] = (x0 + col * GRID_CELL + GRID_CELL // 2, y0 + row * GRID_CELL + GRID_CELL // 2)
+        out[k] = (
+            x + (col * GRID_CELL + GRID_CELL // 2 - HALF_REGION) * scale,
+            y + (row * GRID_CELL + GRID_CELL // 2 - HALF_REGION) * scale,
+        )
     return out
 
 
@@ -75,9 +83,5 @@ def split_region(
     """
     offsets = patch_offsets(split)
     return np.stack(
-        [
-            region[oy : oy + PATCH_SIZE, ox : ox + PATCH_SIZE]
-            for oy in offsets
-            for ox in offsets
-        ]
+        [region[oy : oy + PATCH_SIZE, ox : ox + PATCH_SIZE] for oy in offsets for ox in offsets]
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -19,6 +19,7 @@ from typing import Final
 import numpy as np
 
 from wsi_tumor.errors import LabelError, WsiTumorError
+from wsi_tumor.fileio import atomic_path
 from wsi_tumor.slide import SLIDE_SUFFIXES
 from wsi_tumor.training.grid import NUM_CELLS, cell_centres_csv_order
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 ANNOTATION_SUFFIXES: Final = (".json", ".xml")
 
 SlideSizeFn = Callable[[Path], tuple[int, int]]
+SlideScaleFn = Callable[[Path], float]
+"""A slide file -> its level-0 pixels per training-resolution pixel (1.0 at 0.243 um/px)."""
 
 
 @dataclass(frozen=True)
@@ -132,8 +135,7 @@ def read_label_csv(path: Path | str) -> list[LabelRow]:
 def write_label_csv(rows: Sequence[LabelRow], path: Path | str) -> Path:
     """Write rows as a header-less label CSV; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         for row in rows:
             writer.writerow(row.as_csv())
@@ -160,6 +162,24 @@ def reader_slide_size(reader: str) -> SlideSizeFn:
         return int(w), int(h)
 
     return size
+
+
+def reader_slide_scale(reader: str, mpp: float | None = None) -> SlideScaleFn:
+    """A function giving a slide's level-0 pixels per training (model) pixel.
+
+    Args:
+        reader: Slide reader backend.
+        mpp: Level-0 um/px forced for every slide (None: each file's own).
+    """
+
+    def scale(path: Path) -> float:
+        from wsi_tumor.slide import open_slide
+        from wsi_tumor.slide.resolution import plan_resolution
+
+        with open_slide(path, reader=reader) as slide:
+            return plan_resolution(slide, override=mpp).slide_px_per_view_px
+
+    return scale
 
 
 def check_centres(
@@ -202,11 +222,15 @@ def check_centres(
 
 
 def label_centres(
-    centres: Sequence[Centre], annotations: Path | None
+    centres: Sequence[Centre],
+    annotations: Path | None,
+    scales: Mapping[str, float] | None = None,
 ) -> list[LabelRow]:
     """Label the nine grid cells around each centre from the slide's tumour polygons.
 
     A slide without an annotation file in ``annotations`` (a normal slide) gets all zeros.
+    ``scales`` gives each slide's level-0 pixels per training pixel (default 1: the cells
+    are 256 level-0 pixels apart, as on CAMELYON16).
     """
     from wsi_tumor.data.annotations import Polygon, contains, read_annotations
 
@@ -222,7 +246,7 @@ def label_centres(
             polygons_by_slide[centre.slide] = list(read_annotations(found)) if found else []
             log.debug("%s: %d polygons", centre.slide, len(polygons_by_slide[centre.slide]))
         polygons = polygons_by_slide[centre.slide]
-        points = cell_centres_csv_order(centre.x, centre.y)
+        points = cell_centres_csv_order(centre.x, centre.y, (scales or {}).get(centre.slide, 1.0))
         if polygons:
             inside = np.asarray(contains(polygons, points), dtype=bool)
         else:
@@ -237,8 +261,14 @@ def make_labels(
     images: Path,
     annotations: Path | None,
     slide_size: SlideSizeFn,
+    slide_scale: SlideScaleFn | None = None,
 ) -> list[LabelRow]:
-    """Read coords files, check them against the slides and label each centre's grid."""
+    """Read coords files, check them against the slides and label each centre's grid.
+
+    ``slide_scale`` (default: every slide at the training resolution) places the grid
+    cells of slides scanned at another resolution (:func:`reader_slide_scale`).
+    """
     centres = [c for path in coords for c in read_coords(path)]
-    check_centres(centres, images, slide_size)
-    return label_centres(centres, annotations)
+    paths = check_centres(centres, images, slide_size)
+    scales = {name: slide_scale(path) for name, path in paths.items()} if slide_scale else None
+    return label_centres(centres, annotations, scales)

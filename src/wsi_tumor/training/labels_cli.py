@@ -20,11 +20,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from wsi_tumor.commandline import EXIT_OK, add_logging_flags, make_parser, run_command
 from wsi_tumor.data import layout
-from wsi_tumor.errors import ConfigError, WsiTumorError, report_error
-from wsi_tumor.slide import READERS
+from wsi_tumor.errors import ConfigError
+from wsi_tumor.slide import READER_CHOICES
 from wsi_tumor.training.config import IMAGES_DIR, TRAIN_CSV, VALID_CSV
-from wsi_tumor.training.labels import make_labels, reader_slide_size, write_label_csv
+from wsi_tumor.training.labels import (
+    make_labels,
+    reader_slide_scale,
+    reader_slide_size,
+    write_label_csv,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +42,26 @@ SPLIT_COORDS: Final = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="wsi-labels", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+    parser = make_parser("wsi-labels", __doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("dataset", nargs="?", type=Path, help="dataset dir (fills the defaults)")
     parser.add_argument("--images", type=Path, help="slides named <slide>.tif")
-    parser.add_argument("--annotations", type=Path,
-                        help="tumour polygons: <slide>.json (NCRF) or <slide>.xml (ASAP)")
+    parser.add_argument(
+        "--annotations",
+        type=Path,
+        help="tumour polygons: <slide>.json (NCRF) or <slide>.xml (ASAP)",
+    )
     parser.add_argument("--train-coords", type=Path, nargs="+", help="slide,x,y files")
     parser.add_argument("--valid-coords", type=Path, nargs="+", help="slide,x,y files")
     parser.add_argument("--out-dir", type=Path, help=f"writes {TRAIN_CSV} and {VALID_CSV}")
-    parser.add_argument("--reader", choices=READERS, default="cucim")
-    parser.add_argument("--quiet", action="store_true", help="warnings only")
+    parser.add_argument("--reader", choices=READER_CHOICES, default="auto")
+    parser.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="level-0 um/px of slides whose file does not state it; slides at another "
+        "resolution than 0.243 um/px get their grid cells placed at that resolution",
+    )
+    add_logging_flags(parser, verbose=False)
     return parser
 
 
@@ -57,9 +71,7 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
         coords = ds / layout.COORDS_DIR
         args.images = args.images or ds / IMAGES_DIR
         if args.annotations is None:
-            args.annotations = next(
-                (ds / d for d in ANNOTATION_DIRS if (ds / d).is_dir()), None
-            )
+            args.annotations = next((ds / d for d in ANNOTATION_DIRS if (ds / d).is_dir()), None)
         for split, names in SPLIT_COORDS.items():
             key = f"{split}_coords"
             if getattr(args, key) is None:
@@ -77,23 +89,26 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the label CSVs; exit code 2 with one line on stderr on bad input."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
-    try:
-        args = _resolve(args)
-        slide_size = reader_slide_size(args.reader)
-        for coords, name in ((args.train_coords, TRAIN_CSV), (args.valid_coords, VALID_CSV)):
-            if not coords:
-                continue
-            rows = make_labels(coords, args.images, args.annotations, slide_size)
-            path = write_label_csv(rows, args.out_dir / name)
-            positives = sum(sum(r.labels) for r in rows)
-            log.info("%s: %d regions, %d of %d cells tumour", path, len(rows), positives,
-                     9 * len(rows))
-    except WsiTumorError as exc:
-        return report_error("wsi-labels", exc)
-    return 0
+    return run_command("wsi-labels", _parser(), _labels, argv)
+
+
+def _labels(args: argparse.Namespace) -> int:
+    args = _resolve(args)
+    slide_size = reader_slide_size(args.reader)
+    for coords, name in ((args.train_coords, TRAIN_CSV), (args.valid_coords, VALID_CSV)):
+        if not coords:
+            continue
+        rows = make_labels(
+            coords,
+            args.images,
+            args.annotations,
+            slide_size,
+            reader_slide_scale(args.reader, args.mpp),
+        )
+        path = write_label_csv(rows, args.out_dir / name)
+        positives = sum(sum(r.labels) for r in rows)
+        log.info("%s: %d regions, %d of %d cells tumour", path, len(rows), positives, 9 * len(rows))
+    return EXIT_OK
 
 
 if __name__ == "__main__":

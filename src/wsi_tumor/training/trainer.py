@@ -50,9 +50,11 @@ def _loader(
     dataset: GridPatchDataset, cfg: TrainConfig, info: DistInfo, train: bool, device: torch.device
 ) -> tuple[DataLoader[Any], DistributedSampler[Any] | None]:
     sampler: DistributedSampler[Any] | None = (
-        DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
-                           shuffle=train, seed=cfg.seed)
-        if info.distributed else None
+        DistributedSampler(
+            dataset, num_replicas=info.world_size, rank=info.rank, shuffle=train, seed=cfg.seed
+        )
+        if info.distributed
+        else None
     )
     loader = DataLoader(
         dataset,
@@ -88,10 +90,13 @@ def _record(
     writer: Any, epoch: int, lr: float, train: EpochStats, valid: EpochStats
 ) -> dict[str, float]:
     row = {
-        "epoch": float(epoch), "lr": lr,
-        "train_loss": train.loss, "train_accuracy": train.accuracy,
+        "epoch": float(epoch),
+        "lr": lr,
+        "train_loss": train.loss,
+        "train_accuracy": train.accuracy,
         "train_patches_per_s": train.patches_per_s,
-        "valid_loss": valid.loss, "valid_accuracy": valid.accuracy,
+        "valid_loss": valid.loss,
+        "valid_accuracy": valid.accuracy,
     }
     if writer is not None:
         for key, value in row.items():
@@ -138,15 +143,21 @@ def _train(
         load_pretrained(model)
     if cfg.init_from is not None:
         init_weights(model, cfg.init_from)
-    train_set = load_dataset(cfg.labels_train, cfg.images, cfg.reader, True, cfg.grid_split,
-                             opener, slide_size)
-    valid_set = load_dataset(cfg.labels_valid, cfg.images, cfg.reader, False, cfg.grid_split,
-                             opener, slide_size)
+    train_set = load_dataset(
+        cfg.labels_train, cfg.images, cfg.reader, True, cfg.grid_split, opener, slide_size, cfg.mpp
+    )
+    valid_set = load_dataset(
+        cfg.labels_valid, cfg.images, cfg.reader, False, cfg.grid_split, opener, slide_size, cfg.mpp
+    )
     model.to(device)
     net: torch.nn.Module = model
     if info.distributed:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.index is not None
-                                      and device.type == "cuda" else None)
+        net = DistributedDataParallel(
+            model,
+            device_ids=[device.index]
+            if device.index is not None and device.type == "cuda"
+            else None,
+        )
     optimizer = torch_optimizer.NovoGrad(net.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
@@ -166,16 +177,31 @@ def _train(
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / TENSORBOARD_DIR))
-    log.info("training on %s, %d process(es), amp=%s, epochs %d..%d",
-             device, info.world_size, amp, state.epoch + 1, cfg.epochs)
+    log.info(
+        "training on %s, %d process(es), amp=%s, epochs %d..%d",
+        device,
+        info.world_size,
+        amp,
+        state.epoch + 1,
+        cfg.epochs,
+    )
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
             _seed_epoch(cfg, epoch, info)
             if train_sampler is not None:
                 train_sampler.set_epoch(epoch)
             lr = optimizer.param_groups[0]["lr"]
-            tr = train_one_epoch(net, train_loader, optimizer, scaler, device, info, epoch,
-                                 cfg.max_steps_per_epoch, cfg.quiet)
+            tr = train_one_epoch(
+                net,
+                train_loader,
+                optimizer,
+                scaler,
+                device,
+                info,
+                epoch,
+                cfg.max_steps_per_epoch,
+                cfg.quiet,
+            )
             scheduler.step()
             va = evaluate(net, valid_loader, device, info, amp, cfg.max_valid_steps, cfg.quiet)
             row = _record(writer, epoch, lr, tr, va)
@@ -184,8 +210,14 @@ def _train(
             log.info(
                 "epoch %d/%d lr %.2e train loss %.4f acc %.4f (%.1f patches/s) "
                 "valid loss %.4f acc %.4f",
-                epoch, cfg.epochs, lr, tr.loss, tr.accuracy, tr.patches_per_s,
-                va.loss, va.accuracy,
+                epoch,
+                cfg.epochs,
+                lr,
+                tr.loss,
+                tr.accuracy,
+                tr.patches_per_s,
+                va.loss,
+                va.accuracy,
             )
             if info.is_main:
                 improved = va.accuracy > state.best_metric

@@ -22,24 +22,32 @@ _WRAPPER_KEYS = ("model", "state_dict")
 _SHOWN_KEYS = 5
 
 
-def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
-    """Read the model's state_dict from a checkpoint file (on the CPU).
+def read_checkpoint(path: Path | str) -> Any:
+    """Load a checkpoint file (on the CPU) with ``weights_only`` safety.
 
     Raises:
-        CheckpointError: when the file is missing, unreadable or holds no state_dict.
+        CheckpointError: when the file is missing or unreadable.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file does not exist")
     try:
-        payload: Any = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
         raise CheckpointError(f"{path}: cannot read as a torch checkpoint: {exc}") from exc
+
+
+def state_dict_of(payload: Any, path: Path | str) -> dict[str, torch.Tensor]:
+    """The model state_dict inside a loaded checkpoint (see the module docstring).
+
+    Raises:
+        CheckpointError: when ``payload`` holds no state_dict.
+    """
     if not isinstance(payload, Mapping):
         raise CheckpointError(f"{path}: expected a dict, found {type(payload).__name__}")
     for key in _WRAPPER_KEYS:
         if key in payload and isinstance(payload[key], Mapping):
-            log.info("%s: using the state_dict under key %r", path, key)
+            log.debug("%s: using the state_dict under key %r", path, key)
             payload = payload[key]
             break
     tensors = {k: v for k, v in payload.items() if isinstance(v, torch.Tensor)}
@@ -51,19 +59,18 @@ def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     return {str(k).removeprefix("module."): v for k, v in tensors.items()}
 
 
-def load_model(path: Path | str) -> TumorResNetFCN:
-    """Build TumorResNetFCN and load the checkpoint's weights with ``strict=True``.
-
-    Returns:
-        The model in eval mode on the CPU.
+def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
+    """Read the model's state_dict from a checkpoint file (on the CPU).
 
     Raises:
-        CheckpointError: naming the file and the first missing/unexpected keys when the
-            checkpoint is from another architecture, or the mismatching shapes.
+        CheckpointError: when the file is missing, unreadable or holds no state_dict.
     """
-    state = load_state_dict(path)
-    model = build_model()
-    expected = model.state_dict()
+    return state_dict_of(read_checkpoint(path), path)
+
+
+def check_state_dict(state: Mapping[str, torch.Tensor], path: Path | str) -> None:
+    """Raise CheckpointError naming keys or shapes when ``state`` is not TumorResNetFCN's."""
+    expected = build_model().state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -79,5 +86,24 @@ def load_model(path: Path | str) -> TumorResNetFCN:
     ]
     if wrong:
         raise CheckpointError(f"{path}: tensor shapes differ from TumorResNetFCN: {wrong[:3]}")
+
+
+def model_from_state_dict(state: Mapping[str, torch.Tensor], path: Path | str) -> TumorResNetFCN:
+    """TumorResNetFCN in eval mode with ``state`` loaded strictly (checked first)."""
+    check_state_dict(state, path)
+    model = build_model()
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def load_model(path: Path | str) -> TumorResNetFCN:
+    """Build TumorResNetFCN and load the checkpoint's weights with ``strict=True``.
+
+    Returns:
+        The model in eval mode on the CPU.
+
+    Raises:
+        CheckpointError: naming the file and the first missing/unexpected keys when the
+            checkpoint is from another architecture, or the mismatching shapes.
+    """
+    return model_from_state_dict(load_state_dict(path), path)
