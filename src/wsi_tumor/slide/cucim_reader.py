@@ -31,8 +31,11 @@ import numpy as np
 import numpy.typing as npt
 
 from wsi_tumor.errors import ReaderUnavailableError, SlideFormatError
-from wsi_tumor.slide.region import ReaderBase, downsamples_from_dimensions, ycbcr_to_rgb
-from wsi_tumor.slide.validate import SlideInfo
+from wsi_tumor.slide.base import SlideReader
+from wsi_tumor.slide.damage import DamageChecker
+from wsi_tumor.slide.image import downsamples_from_dimensions, ycbcr_to_rgb
+from wsi_tumor.slide.metadata import plausible
+from wsi_tumor.slide.validate import SlideInfo, trusted_levels
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +127,11 @@ def _open_cuimage(path: Path) -> Any:
     return image
 
 
-class CuCIMSlide(ReaderBase):
+class CuCIMSlide(SlideReader):
     """A slide read through cuCIM; build it with :func:`wsi_tumor.slide.open_slide`.
+
+    Attributes:
+        reader_name: ``"cucim"``.
 
     Args:
         info: The pre-flight description of the file (from ``inspect_slide``).
@@ -134,6 +140,8 @@ class CuCIMSlide(ReaderBase):
         ReaderUnavailableError: cuCIM is not installed or cannot load.
         SlideFormatError: cuCIM cannot open the file or sees other levels than the TIFF has.
     """
+
+    reader_name = "cucim"
 
     def __init__(self, info: SlideInfo) -> None:
         path = info.path
@@ -144,14 +152,20 @@ class CuCIMSlide(ReaderBase):
         except Exception as exc:
             raise SlideFormatError(f"{path}: cuCIM cannot open the slide: {exc}") from exc
         resolutions = image.resolutions
-        dimensions = tuple((int(w), int(h)) for w, h in resolutions["level_dimensions"])
-        if dimensions[: info.level_count] != info.level_dimensions:
-            raise SlideFormatError(
-                f"{path}: cuCIM sees levels {dimensions}, the TIFF has {info.level_dimensions}"
-            )
-        super().__init__(
-            path, dimensions, downsamples_from_dimensions(dimensions), _mpp(image, info)
+        dimensions = trusted_levels(
+            path, "cuCIM", [(int(w), int(h)) for w, h in resolutions["level_dimensions"]], info
         )
+        mpp, source = _mpp(image, info)
+        super().__init__(
+            path,
+            dimensions,
+            downsamples_from_dimensions(dimensions),
+            mpp,
+            source,
+            info.format,
+        )
+        if any(info.tile_tables):
+            self.damage_checker = DamageChecker(info.path, info.tile_tables)
         self._image = image
         self._ycbcr = info.ycbcr_levels
         self._channels = int(image.shape[2]) if len(image.shape) == 3 else 1
@@ -185,14 +199,15 @@ class CuCIMSlide(ReaderBase):
         self._image = None
 
 
-def _mpp(image: Any, info: SlideInfo) -> tuple[float, float] | None:
-    """Level-0 (x, y) microns per pixel from cuCIM's spacing (dims order), else the tags."""
+def _mpp(image: Any, info: SlideInfo) -> tuple[tuple[float, float] | None, str | None]:
+    """Level-0 (x, y) microns per pixel and its source: cuCIM's spacing when it has a unit
+    (its values follow ``dims``, "YXC"), else the pre-flight's (Aperio, OME-XML, tags)."""
     try:
         spacing = list(image.spacing())
         units = list(image.spacing_units())
         dims = str(image.dims)
     except Exception:  # older cuCIM without these accessors
-        return info.mpp
+        return info.mpp, info.mpp_source
     scale = {"micrometer": 1.0, "um": 1.0, "µm": 1.0, "millimeter": 1_000.0, "mm": 1_000.0}
     if "X" in dims and "Y" in dims:
         ix, iy = dims.index("X"), dims.index("Y")
@@ -200,6 +215,6 @@ def _mpp(image: Any, info: SlideInfo) -> tuple[float, float] | None:
         if fx is not None and fy is not None and spacing[ix] > 0 and spacing[iy] > 0:
             mpp = float(spacing[ix]) * fx, float(spacing[iy]) * fy
             if info.mpp is not None and np.allclose(mpp, info.mpp, rtol=1e-5, atol=0):
-                return info.mpp  # same tags; cuCIM stores them as float32
-            return mpp
-    return info.mpp
+                return info.mpp, info.mpp_source  # the same tags; cuCIM stores float32
+            return plausible(mpp), "cuCIM spacing"
+    return info.mpp, info.mpp_source

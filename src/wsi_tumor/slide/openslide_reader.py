@@ -24,8 +24,11 @@ import numpy as np
 import numpy.typing as npt
 
 from wsi_tumor.errors import ReaderUnavailableError, SlideFormatError
-from wsi_tumor.slide.region import ReaderBase, downsamples_from_dimensions, ycbcr_to_rgb
-from wsi_tumor.slide.validate import SlideInfo
+from wsi_tumor.slide.base import SlideReader
+from wsi_tumor.slide.damage import DamageChecker
+from wsi_tumor.slide.image import downsamples_from_dimensions, ycbcr_to_rgb
+from wsi_tumor.slide.metadata import plausible
+from wsi_tumor.slide.validate import SlideInfo, trusted_levels
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ def _openslide() -> Any:
     return openslide
 
 
-class OpenSlideSlide(ReaderBase):
+class OpenSlideSlide(SlideReader):
     """A slide read through OpenSlide; build it with :func:`wsi_tumor.slide.open_slide`.
 
     Args:
@@ -54,6 +57,8 @@ class OpenSlideSlide(ReaderBase):
         ReaderUnavailableError: openslide-python or the OpenSlide library is missing.
         SlideFormatError: OpenSlide cannot open the file and the fallback does not apply.
     """
+
+    reader_name = "openslide"
 
     def __init__(self, info: SlideInfo) -> None:
         openslide = _openslide()
@@ -67,18 +72,22 @@ class OpenSlideSlide(ReaderBase):
         except openslide.OpenSlideError as exc:
             raise SlideFormatError(f"{path}: OpenSlide cannot open the slide: {exc}") from exc
         if self._osr is not None:
-            dimensions = tuple((int(w), int(h)) for w, h in self._osr.level_dimensions)
-            if dimensions[: info.level_count] != info.level_dimensions:
-                self._osr.close()
-                raise SlideFormatError(
-                    f"{path}: OpenSlide sees levels {dimensions}, "
-                    f"the TIFF has {info.level_dimensions}"
+            try:
+                dimensions = trusted_levels(
+                    path, "OpenSlide", list(self._osr.level_dimensions), info
                 )
-            mpp = _mpp(self._osr.properties, info)
+            except SlideFormatError:
+                self._osr.close()
+                raise
+            mpp, source = _mpp(self._osr.properties, info)
         else:
             dimensions = info.level_dimensions
-            mpp = info.mpp
-        super().__init__(path, dimensions, downsamples_from_dimensions(dimensions), mpp)
+            mpp, source = info.mpp, info.mpp_source
+        super().__init__(
+            path, dimensions, downsamples_from_dimensions(dimensions), mpp, source, info.format
+        )
+        if any(info.tile_tables):
+            self.damage_checker = DamageChecker(info.path, info.tile_tables)
         self._ycbcr = info.ycbcr_levels
 
     def _read_level(
@@ -111,6 +120,10 @@ class OpenSlideSlide(ReaderBase):
 
 def _fallback_pixels(info: SlideInfo, cause: Exception) -> npt.NDArray[np.uint8]:
     path = info.path
+    if not info.level_count:
+        raise SlideFormatError(
+            f"{path}: OpenSlide cannot open this {info.format} file: {cause}"
+        ) from cause
     (w, h), levels = info.level_dimensions[0], info.level_count
     why = (
         "OpenSlide's TIFF parser does not read big-endian classic TIFF"
@@ -134,11 +147,11 @@ def _fallback_pixels(info: SlideInfo, cause: Exception) -> npt.NDArray[np.uint8]
     return np.ascontiguousarray(pixels[..., :3])
 
 
-def _mpp(properties: Any, info: SlideInfo) -> tuple[float, float] | None:
+def _mpp(properties: Any, info: SlideInfo) -> tuple[tuple[float, float] | None, str | None]:
     try:
         mpp = float(properties["openslide.mpp-x"]), float(properties["openslide.mpp-y"])
     except (KeyError, ValueError):
-        return info.mpp
+        return info.mpp, info.mpp_source
     if info.mpp is not None and np.allclose(mpp, info.mpp, rtol=1e-9, atol=0):
-        return info.mpp
-    return mpp
+        return info.mpp, info.mpp_source
+    return plausible(mpp), "OpenSlide (openslide.mpp-x/y)"
