@@ -120,8 +120,25 @@ def fake_results() -> dict:
                 "requests": 10,
                 "client_cpu_s": 9.0,
             },
+            {
+                **way,
+                "key": "d",
+                "patches": 1000,
+                "infer_s": 4.0,
+                "patches_per_s": 250.0,
+                "bytes_sent": 3_000_000,
+                "requests": 5,
+            },
         ],
         "agreement": {"a-b": 1e-6, "a-c": 2e-6, "b-c": 1e-6},
+        "dense_agreement": {
+            "cells": 1000,
+            "max_abs_diff": 0.2,
+            "mean_abs_diff": 0.01,
+            "pearson": 0.99,
+            "decision_agreement": 0.995,
+            "candidates": {"both": 3, "only_exact": 1, "only_dense": 0},
+        },  # fmt: skip
         "notes": ["tuned nothing"],
     }
 
@@ -129,9 +146,9 @@ def fake_results() -> dict:
 def test_targets_compare_matched_batches_and_the_client() -> None:
     targets = evaluate_targets(fake_results())
     measured = [round(t.measured, 3) for t in targets]
-    # b/a, detector/classifier at 40 and 160 patches, client / classifier at 160
-    assert measured == [2.5, 0.92, 0.833, 0.833]
-    assert [t.passed for t in targets] == [True, True, False, False]
+    # b/a, detector/classifier at 40 and 160 patches, d/a, d/b, client / classifier at 160
+    assert measured == [2.5, 0.92, 0.833, 12.5, 5.0, 0.833]
+    assert [t.passed for t in targets] == [True, True, False, True, True, False]
 
 
 def test_report_renders_machine_targets_tables_and_ratios(tmp_path: Path) -> None:
@@ -144,6 +161,8 @@ def test_report_renders_machine_targets_tables_and_ratios(tmp_path: Path) -> Non
     assert "| tumor_detector | 160 | 1 | 0.31 | 50.0 | 850 | 990 |" in text
     assert "- b/a = 2.50 (1.00 by process wall time)" in text
     assert "- b/c = 1.25" in text and "bytes on the wire c/b = 300.0x" in text
+    assert "- d/a = 12.50" in text and "- d/b = 5.00" in text
+    assert "Pearson 0.9900" in text and "3 found by both, 1 only exact, 0 only dense" in text
     assert "| (b) | tumor_classifier | 4 | 2 | 10 | 3002 | 1501 |" in text
     assert "![throughput](throughput.png)" in text and "- tuned nothing" in text
     chart = render_chart(results, tmp_path / "chart.png")
@@ -178,15 +197,22 @@ def test_tiny_end_to_end_run(tmp_path: Path) -> None:
     from wsi_tumor.bench.cli import main
 
     out = tmp_path / "results"
-    argv = ["--out", str(out), "--size", "2048", "--regions", "1", "--concurrency", "1",
-            "--request-count", "3", "--workdir", str(tmp_path / "work")]  # fmt: skip
+    argv = ["--out", str(out), "--size", "2048", "--regions", "1", "--dense-regions", "1",
+            "--concurrency", "1", "--request-count", "3", "--workdir", str(tmp_path / "work")]  # fmt: skip
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    assert {w["key"] for w in results["ways"]} == {"a", "b", "c"}
+    assert [w["key"] for w in results["ways"]] == ["a", "b", "c", "d"]
     assert max(results["agreement"].values()) <= 1e-4
     patches = {w["patches"] for w in results["ways"]}
     assert len(patches) == 1 and patches.pop() > 0
     way_b, way_c = results["ways"][1], results["ways"][2]
     assert way_c["bytes_sent"] > 10 * way_b["bytes_sent"]
-    assert len(results["targets"]) == 3
+    assert {r["model"] for r in results["perf"]} == {
+        "tumor_classifier",
+        "tumor_detector",
+        "tumor_detector_dense",
+    }
+    dense = results["dense_agreement"]
+    assert dense["cells"] == results["ways"][1]["patches"] and 0 <= dense["mean_abs_diff"] < 1
+    assert len(results["targets"]) == 5
     assert "## Targets" in (out / "report.md").read_text() and (out / "throughput.png").is_file()

@@ -15,7 +15,6 @@ import sys
 import textwrap
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import pytest
 from wsi_tumor import contract
 from wsi_tumor.client import cli
 from wsi_tumor.client.config import InferConfig
+from wsi_tumor.client.endpoints import Endpoint
 from wsi_tumor.client.outputs import SlideOutputs
 from wsi_tumor.client.runner import SUMMARY_NAME, run
 from wsi_tumor.data.tiff_writer import PyramidSpec, write_pyramid
@@ -93,8 +93,8 @@ def cohort_run(slides, server, tmp_path_factory: pytest.TempPathFactory) -> tupl
 
 
 def reference_map(slide_path: Path, checkpoint: Path) -> np.ndarray:
-    from wsi_tumor.client.reference import reference_probability_map
-    from wsi_tumor.export.checkpoint import load_model
+    from reference import reference_probability_map
+    from wsi_tumor.models.checkpoint import load_model
     from wsi_tumor.slide import open_slide, tissue_mask
 
     with open_slide(slide_path) as slide:
@@ -204,16 +204,17 @@ def test_interrupted_overwrite_leaves_no_complete_looking_outputs(
     assert not list(out.glob(".*.tmp"))
 
 
-# --- client-side patches to tumor_classifier ---------------------------------------------------
-def test_classifier_endpoint_gives_the_ensembles_map(cohort_run, slides, server, tmp_path) -> None:
-    """--endpoint classifier: the client tiles, sends FP32 patches, and gets the same map."""
+# --- client-side patches to tumor_classifier (the benchmark's way c) ---------------------------
+def test_patch_endpoint_gives_the_ensembles_map(cohort_run, slides, server, tmp_path) -> None:
+    """The client tiles, sends FP32 patches to the bare classifier and gets the same map."""
+    from wsi_tumor.bench import patch_client
+
     _, ensemble_out = cohort_run
     argv = [str(slides["good"]), "--out", str(tmp_path), "--url", server.grpc_url, "--quiet"]
-    assert cli.main([*argv, "--endpoint", "classifier", "--inflight", "2"]) == 0
+    assert patch_client.main([*argv, "--inflight", "2"]) == 0
     report = json.loads((tmp_path / "good.json").read_text())
     ensemble = json.loads((ensemble_out / "good.json").read_text())
     assert report["model"]["name"] == contract.CLASSIFIER_MODEL
-    assert report["config"]["endpoint"] == "classifier"
     assert report["counts"]["patches"] == ensemble["counts"]["patches"]
     np.testing.assert_allclose(
         np.load(tmp_path / "good.npy"), np.load(ensemble_out / "good.npy"), rtol=0, atol=1e-6
@@ -224,6 +225,46 @@ def test_classifier_endpoint_gives_the_ensembles_map(cohort_run, slides, server,
     assert ensemble["bytes_sent"] < report["bytes_sent"] / 4
 
 
+# --- dense mode --------------------------------------------------------------------------------
+def dense_reference_map(slide_path: Path, checkpoint: Path, cells: int) -> np.ndarray:
+    """The dense map computed here: each k x k region read once, PyTorch's dense pass."""
+    from wsi_tumor.client.grid import place_grid, plan_regions
+    from wsi_tumor.export.parity import torch_dense
+    from wsi_tumor.models.checkpoint import load_model
+    from wsi_tumor.slide import open_slide, tissue_mask
+
+    model = load_model(checkpoint)
+    with open_slide(slide_path) as slide:
+        mask = tissue_mask(slide, contract.MASK_LEVEL)
+        prob_map = np.zeros(mask.shape, np.float32)
+        for region in plan_regions(mask, cells):
+            pixels = slide.read_region(region.origin, region.size, 0)[None]
+            grid = torch_dense(model, pixels, region.cell_mask[None])[0]
+            place_grid(prob_map, region, grid)
+    return prob_map
+
+
+@pytest.mark.parametrize("cells", [contract.DENSE_MIN_CELLS, contract.DENSE_REGION_CELLS])
+def test_dense_mode_map_equals_the_pytorch_dense_pass(
+    cohort_run, slides, server, exported_repository, tmp_path: Path, cells: int
+) -> None:
+    _, exact_out = cohort_run
+    argv = [str(slides["good"]), "--out", str(tmp_path), "--url", server.grpc_url, "--quiet"]
+    assert cli.main([*argv, "--mode", "dense", "--region-cells", str(cells)]) == 0
+    report = json.loads((tmp_path / "good.json").read_text())
+    exact = json.loads((exact_out / "good.json").read_text())
+    assert report["model"]["name"] == contract.DENSE_MODEL
+    assert report["config"]["mode"] == "dense" and report["config"]["region_cells"] == cells
+    assert report["counts"]["patches"] == exact["counts"]["patches"]
+    dense_map = np.load(tmp_path / "good.npy")
+    expected = dense_reference_map(slides["good"], exported_repository.checkpoint, cells)
+    np.testing.assert_allclose(dense_map, expected, rtol=0, atol=MAX_ABS_DIFF)
+    exact_map = np.load(exact_out / "good.npy")
+    assert ((dense_map > 0) == (exact_map > 0)).all(), "the same tissue cells in both modes"
+    for name in ("good.csv", "good.geojson", "good_heatmap.png", "good_mask.png"):
+        assert (tmp_path / name).is_file()
+
+
 # --- embedded server --------------------------------------------------------------------------
 def test_embedded_server_without_url(slides, exported_repository, tmp_path: Path) -> None:
     argv = [str(slides["small"]), "--out", str(tmp_path), "--quiet"]
@@ -231,7 +272,7 @@ def test_embedded_server_without_url(slides, exported_repository, tmp_path: Path
     assert cli.main([*argv, *repository]) == 0
     report = json.loads((tmp_path / "small.json").read_text())
     assert report["counts"]["patches"] > 0
-    assert report["config"]["url"] is None
+    assert report["config"]["urls"] == []
     expected = reference_map(slides["small"], exported_repository.checkpoint)
     np.testing.assert_allclose(np.load(tmp_path / "small.npy"), expected, atol=MAX_ABS_DIFF)
     # --overwrite recomputes a complete slide
@@ -263,7 +304,7 @@ def test_server_killed_and_restarted_mid_slide_gives_the_same_map(
     config = InferConfig(
         slides=(slides["good"],),
         out=tmp_path,
-        url=server.grpc_url,
+        urls=(server.grpc_url,),
         regions_per_request=1,
         inflight=3,
         readers=2,
@@ -300,7 +341,7 @@ def test_server_gone_for_good_fails_the_slide_and_skips_the_rest(
     config = InferConfig(
         slides=(slides["good"], copy),
         out=tmp_path / "out",
-        url=server.grpc_url,
+        urls=(server.grpc_url,),
         regions_per_request=1,
         inflight=2,
         readers=1,
@@ -398,13 +439,66 @@ def test_wrong_model_stops_before_any_request(
     wrong_server, slides, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server, marker = wrong_server
-    config = InferConfig(slides=(slides["good"],), out=tmp_path, url=server.grpc_url, quiet=True)
+    config = InferConfig(
+        slides=(slides["good"],), out=tmp_path, urls=(server.grpc_url,), quiet=True
+    )
     with pytest.raises(ModelMismatchError, match=f"input '{contract.REGIONS_TENSOR}' missing"):
         run(config)
     with pytest.raises(ModelMismatchError, match=r"shape \[-1, 4, 4\], expected \['N', 8, 8\]"):
-        run(replace(config, model_name="tumor_detector_k4"))
+        run(config, endpoint=Endpoint("tumor_detector_k4"))
     argv = [str(slides["good"]), "--out", str(tmp_path), "--url", server.grpc_url, "--quiet"]
     assert cli.main(argv) == 2
     assert "does not match the client's contract" in capsys.readouterr().err
     assert not marker.exists(), "no inference request may reach a mismatching model"
     assert not (tmp_path / "good.json").exists() and not (tmp_path / "good_mask.png").exists()
+
+
+# --- several servers -------------------------------------------------------------------------
+def test_two_servers_share_the_cohort_and_one_dying_loses_nothing(
+    cohort_run, slides, exported_repository, tmp_path: Path
+) -> None:
+    """--url A --url B: both answer; B is SIGKILLed mid-cohort and never comes back; the
+    cohort completes on A and every map equals the single-server run."""
+    _, single_out = cohort_run
+    cohort = tmp_path / "in"
+    cohort.mkdir()
+    for name in ("first", "second", "third"):
+        shutil.copy(slides["good"], cohort / f"{name}.tif")
+    first = LocalTritonServer(exported_repository.repository).start()
+    second = LocalTritonServer(exported_repository.repository).start()
+    answered: list[int] = []
+
+    def progress(patches: int) -> None:
+        answered.append(patches)
+        if len(answered) == 6:
+            threading.Thread(target=second.kill, daemon=True).start()
+
+    config = InferConfig(
+        slides=(cohort,),
+        out=tmp_path / "out",
+        urls=(first.grpc_url, second.grpc_url),
+        regions_per_request=1,
+        inflight=4,
+        readers=2,
+        retry_timeout=60,
+        quiet=True,
+    )
+    try:
+        result = run(config, progress=progress)
+    finally:
+        first.stop()
+        second.stop()
+    assert result.exit_code == 0 and not second.running
+    reports = {
+        name: json.loads((tmp_path / "out" / f"{name}.json").read_text())
+        for name in ("first", "second", "third")
+    }
+    # before the kill both servers answered; after it only the first one
+    assert set(reports["first"]["servers"]) == {first.grpc_url, second.grpc_url}
+    assert set(reports["third"]["servers"]) == {first.grpc_url}
+    for name, report in reports.items():
+        assert sum(report["servers"].values()) == report["counts"]["requests"]
+        np.testing.assert_array_equal(
+            np.load(tmp_path / "out" / f"{name}.npy"), np.load(single_out / "good.npy")
+        )
+    assert not list((tmp_path / "out").glob(".*.tmp"))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from wsi_tumor import contract
+from wsi_tumor.client.endpoints import Encoded, endpoint_for_mode
 from wsi_tumor.client.grid import Region, batched, patch_centres, place_grid, plan_regions
 from wsi_tumor.errors import ConfigError
 
@@ -106,7 +107,7 @@ def test_batched_and_bad_arguments() -> None:
 class EnsembleStandIn:
     """Duck-typed TritonTransport: the real tiler and assembler around a numpy 'classifier'."""
 
-    endpoint = "detector"
+    endpoint = endpoint_for_mode("exact")
 
     def __init__(self) -> None:
         self.retries = 0
@@ -119,14 +120,15 @@ class EnsembleStandIn:
         logits = np.einsum("pchw,chw->p", patches.astype(np.float64), self.weights) / 5000
         return (1 / (1 + np.exp(-logits))).astype(np.float32)[:, None]
 
-    async def infer(
-        self, inputs: list, regions: int, cells: int, cell_mask: np.ndarray | None = None
-    ) -> np.ndarray:
+    async def infer(self, request: Encoded, cell_mask: np.ndarray) -> np.ndarray:
         from wsi_tumor.serving.tiling import assemble_grid, tile_regions
 
+        inputs = request.inputs
         image = np.frombuffer(inputs[0]._get_content(), np.uint8).reshape(inputs[0].shape())
         mask = np.frombuffer(inputs[1]._get_content(), np.bool_).reshape(inputs[1].shape())
+        regions, cells = cell_mask.shape[:2]
         assert image.shape == (regions, contract.region_size(cells), contract.region_size(cells), 3)
+        np.testing.assert_array_equal(mask, cell_mask)
         self.requests += 1
         return assemble_grid(self.classify(tile_regions(image, mask)), mask)
 
@@ -135,7 +137,7 @@ class EnsembleStandIn:
 def test_streamed_map_equals_per_patch_reads_on_a_virtual_slide(cells: int) -> None:
     import asyncio
 
-    from wsi_tumor.client.reference import read_patch
+    from reference import read_patch
     from wsi_tumor.client.stream import stream_slide
     from wsi_tumor.slide import VirtualSlide
 
@@ -178,12 +180,10 @@ def test_a_failed_request_fails_the_slide_with_its_own_error() -> None:
     from wsi_tumor.slide import VirtualSlide
 
     class FailingSecond(EnsembleStandIn):
-        async def infer(
-        self, inputs: list, regions: int, cells: int, cell_mask: np.ndarray | None = None
-    ) -> np.ndarray:
+        async def infer(self, request: Encoded, cell_mask: np.ndarray) -> np.ndarray:
             if self.requests == 1:
                 raise ServerError("127.0.0.1:1: inference failed: boom")
-            return await super().infer(inputs, regions, cells)
+            return await super().infer(request, cell_mask)
 
     slide = VirtualSlide(np.full((512, 1024, 3), 128, dtype=np.uint8))
     regions = plan_regions(np.ones((8, 16), dtype=bool), 2)

@@ -14,29 +14,46 @@ from tritonclient.utils import InferenceServerException
 from wsi_tumor import contract
 from wsi_tumor.client import cli
 from wsi_tumor.client.config import InferConfig, build_parser, config_from_args
+from wsi_tumor.client.endpoints import endpoint_for_mode
 from wsi_tumor.client.heatmap import heatmap_size, render_overlay
-from wsi_tumor.client.outputs import SlideOutputs, atomic_path, detections_geojson, write_npy
+from wsi_tumor.client.outputs import SlideOutputs, detections_geojson, write_npy
 from wsi_tumor.client.runner import discover_slides
 from wsi_tumor.client.transport import TritonTransport, _compare, is_transient
 from wsi_tumor.errors import ConfigError, ServerError
-from wsi_tumor.serving.limits import max_regions_per_request
+from wsi_tumor.fileio import atomic_path
 from wsi_tumor.serving.local_server import free_port
+
+EXACT = endpoint_for_mode("exact")
 
 
 # --- config -----------------------------------------------------------------------------------
-def test_config_from_args_is_frozen_and_resolves_request_size(tmp_path: Path) -> None:
+def test_config_from_args_is_frozen_and_resolves_defaults(tmp_path: Path) -> None:
     args = build_parser().parse_args([str(tmp_path), "--out", str(tmp_path / "o")])
     config = config_from_args(args)
-    assert config.url is None and config.region_cells == contract.REGION_CELLS
-    assert config.request_regions == max_regions_per_request(contract.REGION_CELLS)
+    assert config.urls == () and config.mode == "exact" and config.region_cells is None
+    assert config.cells == contract.REGION_CELLS
+    assert config.endpoint().model_name == contract.ENSEMBLE_MODEL
     with pytest.raises(AttributeError):
         config.out = tmp_path  # type: ignore[misc]
     assert json.dumps(config.to_json())
-    assert config.endpoint == "detector" and config.served_model == contract.ENSEMBLE_MODEL
-    classifier = config_from_args(
-        build_parser().parse_args([str(tmp_path), "--out", "o", "--endpoint", "classifier"])
+    dense = config_from_args(
+        build_parser().parse_args([str(tmp_path), "--out", "o", "--mode", "dense"])
     )
-    assert classifier.served_model == contract.CLASSIFIER_MODEL
+    assert dense.cells == contract.DENSE_REGION_CELLS
+    assert dense.endpoint().model_name == contract.DENSE_MODEL
+    several = build_parser().parse_args(
+        [str(tmp_path), "--out", "o", "--url", "a:1", "--url", "b:2"]
+    )
+    assert config_from_args(several).urls == ("a:1", "b:2")
+
+
+def test_every_flag_default_comes_from_the_config_dataclass(tmp_path: Path) -> None:
+    import dataclasses
+
+    args = vars(build_parser().parse_args([str(tmp_path), "--out", "o"]))
+    for field in dataclasses.fields(InferConfig):
+        if field.default is not dataclasses.MISSING and field.name != "urls":
+            assert args[field.name] == field.default, field.name
 
 
 @pytest.mark.parametrize(
@@ -49,7 +66,9 @@ def test_config_from_args_is_frozen_and_resolves_request_size(tmp_path: Path) ->
         ({"nms_threshold": 1.5}, "nms-threshold"),
         ({"reader": "pil"}, "reader"),
         ({"slides": ()}, "no slide"),
-        ({"endpoint": "tiler"}, "endpoint"),
+        ({"mode": "tiler"}, "mode"),
+        ({"mode": "dense", "region_cells": 2}, "region-cells"),
+        ({"mode": "dense", "region_cells": 40}, "region-cells"),
     ],
 )
 def test_config_rejects_bad_values(tmp_path: Path, overrides: dict, message: str) -> None:
@@ -97,13 +116,22 @@ def test_atomic_path_leaves_nothing_when_interrupted(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(target), np.eye(2))
 
 
-def test_slide_outputs_complete_only_with_the_report(tmp_path: Path) -> None:
+def test_slide_outputs_complete_only_with_a_report_whose_checksums_match(tmp_path: Path) -> None:
     outputs = SlideOutputs(tmp_path, "tumor_001")
     for path in outputs.all_paths()[:-1]:
-        path.write_bytes(b"x")
-    assert not outputs.complete()
+        path.write_bytes(b"x" * 100)
+    assert outputs.problem() == "no report" and not outputs.complete()
     outputs.report.write_text("{}")
+    assert outputs.problem() == "tumor_001.json records no checksums"
+    outputs.report.write_text(json.dumps({"checksums": outputs.checksums()}))
     assert outputs.complete()
+    outputs.csv.write_bytes(b"x" * 60)  # cut short, as by a full disk or a crash
+    assert outputs.problem() == "tumor_001.csv does not match its recorded checksum"
+    outputs.csv.write_bytes(b"x" * 100)
+    outputs.heatmap_png.unlink()
+    assert outputs.problem() == "tumor_001_heatmap.png is missing"
+    outputs.report.write_text("{not json")
+    assert "does not parse" in (outputs.problem() or "")
     leftover = tmp_path / ".tumor_001.npy.123.abcd.tmp"
     leftover.write_bytes(b"partial")
     outputs.invalidate()
@@ -147,7 +175,7 @@ def test_transient_classification() -> None:
 
 def test_retries_transient_errors_then_succeeds_and_fails_fast_otherwise() -> None:
     async def scenario() -> None:
-        transport = TritonTransport(f"127.0.0.1:{free_port()}", retry_timeout=5)
+        transport = TritonTransport(f"127.0.0.1:{free_port()}", EXACT, retry_timeout=5)
         failures = iter([InferenceServerException("down", status="StatusCode.UNAVAILABLE")] * 2)
 
         async def flaky() -> str:
@@ -171,7 +199,7 @@ def test_retries_transient_errors_then_succeeds_and_fails_fast_otherwise() -> No
 
 def test_unreachable_server_gives_up_after_retry_timeout() -> None:
     async def scenario() -> None:
-        transport = TritonTransport(f"127.0.0.1:{free_port()}", retry_timeout=1.0)
+        transport = TritonTransport(f"127.0.0.1:{free_port()}", EXACT, retry_timeout=1.0)
         start = time.monotonic()
         with pytest.raises(ServerError, match="after 1 s of retries"):
             await transport.check_model(contract.REGION_CELLS)

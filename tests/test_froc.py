@@ -350,6 +350,35 @@ def test_cli_protocols_on_probability_maps(tmp_path: Path) -> None:
     assert nms_csv[0].split(",")[1:] == ["1456", "976"]
 
 
+def test_cli_slide_level_auc_from_maps(tmp_path: Path) -> None:
+    # Map maxima: tumour_1 0.9, normal_1 0.6, normal_2 0.95 -> the tumour slide beats one of
+    # the two normal slides: AUC 1/2. With detection-max on the NMS candidates the same.
+    det, gt = tmp_path / "d", tmp_path / "g"
+    det.mkdir()
+    gt.mkdir()
+    write_mask(gt / "tumour_1_mask.tif", TUMOUR_1)
+    for name, (row, col, peak) in {
+        "tumour_1": (30, 45, 0.9), "normal_1": (10, 10, 0.6), "normal_2": (50, 50, 0.95)
+    }.items():  # fmt: skip
+        m = np.zeros((100, 100), dtype=np.float32)
+        m[row, col] = peak
+        np.save(det / f"{name}.npy", m)
+    reference = tmp_path / "testing.csv"
+    reference.write_text("slide,label\ntumour_1,tumor\nnormal_1,normal\nnormal_2,normal\n")
+    base: list[str | Path] = ["--detections", det, "--ground-truth", gt, "--map-level", "5"]
+    assert run_cli(*base, "--out", tmp_path / "o", "--reference", reference) == 0
+    report = json.loads((tmp_path / "o" / "froc.json").read_text())
+    assert report["slide_level"]["auc"] == pytest.approx(0.5)
+    assert {s["slide"]: s["score"] for s in report["slide_level"]["per_slide"]} == {
+        "normal_1": pytest.approx(0.6), "normal_2": pytest.approx(0.95),
+        "tumour_1": pytest.approx(0.9),
+    }  # fmt: skip
+    assert (tmp_path / "o" / "roc_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "o" / "roc_curve.csv").read_text().splitlines()[0] == "fpr,tpr"
+    reference.write_text("slide,label\ntumour_1,tumor\nnormal_3,normal\n")
+    assert run_cli(*base, "--out", tmp_path / "o", "--reference", reference) == 1
+
+
 def test_transposed_probability_map_scores_differently(tmp_path: Path) -> None:
     # One tumour slide (TUMOUR_1: A rows 10-50 x cols 10-50, B rows 60-80 x cols 55-95, ITC).
     # Map at level 5 with 0.9 at (row 65, col 90): inside B. Lesion probs A 0, B 0.9, ITC 0,

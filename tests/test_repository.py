@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from wsi_tumor import contract
-from wsi_tumor.serving.limits import MAX_PATCHES_PER_REQUEST
+from wsi_tumor.serving.limits import DENSE_MAX_REGIONS, MAX_PATCHES_PER_REQUEST
 from wsi_tumor.serving.repository import (
     COMMITTED_RUNTIME,
     RUNTIMES,
@@ -21,11 +21,16 @@ COMMITTED = REPO_ROOT / "model_repository"
 PATCH_DIMS = [contract.CHANNELS, contract.PATCH_SIZE, contract.PATCH_SIZE]
 
 
-def _parse(text: str):
-    from google.protobuf import text_format
+def _pb():
     from tritonclient.grpc import model_config_pb2
 
-    return text_format.Parse(text, model_config_pb2.ModelConfig())
+    return model_config_pb2
+
+
+def _parse(text: str):
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, _pb().ModelConfig())
 
 
 def test_committed_files_equal_the_renderer() -> None:
@@ -75,16 +80,30 @@ def test_configs_agree_with_the_contract(runtime) -> None:
         files[f"{contract.ENSEMBLE_MODEL}/config.pbtxt"]
         == render_repository()[f"{contract.ENSEMBLE_MODEL}/config.pbtxt"]
     )  # the ensemble never changes between runtimes
-    has_adapter = f"{contract.CLASSIFIER_MODEL}/1/model.py" in files
-    assert has_adapter == (runtime == "python-onnxruntime")
+    for model in (contract.CLASSIFIER_MODEL, contract.DENSE_MODEL):
+        has_adapter = f"{model}/1/model.py" in files
+        assert has_adapter == (runtime == "python-onnxruntime")
+    dense = configs[contract.DENSE_MODEL]
+    assert dense.backend == backend and dense.max_batch_size == DENSE_MAX_REGIONS
+    assert [(i.name, i.data_type, list(i.dims)) for i in dense.input] == [
+        (contract.REGIONS_TENSOR, _pb().TYPE_UINT8, [-1, -1, contract.CHANNELS]),
+        (contract.CELL_MASK_TENSOR, _pb().TYPE_BOOL, [-1, -1]),
+    ]
+    assert [(o.name, list(o.dims)) for o in dense.output] == [(contract.GRID_TENSOR, [-1, -1])]
+    assert dense.HasField("dynamic_batching")
+    for detector in (dense, ensemble):
+        mpp = detector.parameters[contract.MODEL_MPP_PARAMETER].string_value
+        assert float(mpp) == contract.MODEL_MPP
 
 
 def test_switching_runtime_removes_the_stale_adapter(tmp_path: Path) -> None:
     write_repository(tmp_path, "python-onnxruntime")
-    adapter = tmp_path / contract.CLASSIFIER_MODEL / "1" / "model.py"
-    assert adapter.is_file()
+    adapters = [
+        tmp_path / m / "1" / "model.py" for m in (contract.CLASSIFIER_MODEL, contract.DENSE_MODEL)
+    ]
+    assert all(adapter.is_file() for adapter in adapters)
     write_repository(tmp_path, "onnxruntime")
-    assert not adapter.exists()
+    assert not any(adapter.exists() for adapter in adapters)
 
 
 def test_auto_runtime_follows_the_backend_directory(tmp_path: Path, monkeypatch) -> None:

@@ -75,13 +75,22 @@ def test_region_geometry_and_limits_follow_the_contract() -> None:
 
 
 def test_run_batched_isolates_a_bad_request(exported_repository) -> None:
-    from wsi_tumor.serving.onnx_session import build_session, run_batched
+    from wsi_tumor.serving.onnx_session import (
+        build_session,
+        run_batched,
+        validate_patches,
+        validated,
+    )
 
     session = build_session(exported_repository.onnx_path)
     rng = np.random.default_rng(1)
     good = [rng.uniform(-1, 1, (n, 3, 224, 224)).astype(np.float32) for n in (2, 3)]
     bad = np.zeros((1, 3, 100, 100), np.float32)
-    results = run_batched(session, [good[0], bad, good[1]])
+    requests = [
+        validated(lambda x: {contract.PATCHES_TENSOR: validate_patches(x)}, batch)
+        for batch in (good[0], bad, good[1])
+    ]
+    results = run_batched(session, requests, contract.PROBABILITIES_TENSOR)
     assert isinstance(results[1], RequestError) and "shape must be" in str(results[1])
     for batch, result in zip(good, [results[0], results[2]], strict=True):
         (alone,) = session.run(None, {contract.PATCHES_TENSOR: batch})
@@ -120,7 +129,7 @@ def good_request(exported_repository):
     """Real regions (k = 8), their mask and the PyTorch model applied patch by patch."""
     import torch
 
-    from wsi_tumor.export.checkpoint import load_model
+    from wsi_tumor.models.checkpoint import load_model
 
     regions, mask = _real_regions(contract.REGION_CELLS)
     model = load_model(exported_repository.checkpoint)
@@ -271,8 +280,8 @@ def test_classifier_dynamic_batching_splits_outputs(server, exported_repository)
 
 @pytest.mark.slow
 @pytest.mark.triton
-def test_perf_analyzer_measures_both_models(server, tmp_path: Path) -> None:
-    from wsi_tumor.serving.perf import detector_requests, run_perf_analyzer, write_input_data
+def test_perf_analyzer_measures_every_model(server, tmp_path: Path) -> None:
+    from wsi_tumor.bench.perf_analyzer import detector_requests, run_perf_analyzer, write_input_data
 
     common = {"request_count": 4}
     classifier = run_perf_analyzer(
@@ -291,13 +300,119 @@ def test_perf_analyzer_measures_both_models(server, tmp_path: Path) -> None:
         report=tmp_path / "d.csv",
         **common,
     )
-    for result in (classifier, detector):
+    side = contract.region_size(contract.DENSE_MIN_CELLS)
+    dense_data = write_input_data(
+        tmp_path / "dense.json",
+        detector_requests(None, regions=1, cells=contract.DENSE_MIN_CELLS, batched=True),
+    )
+    dense = run_perf_analyzer(
+        contract.DENSE_MODEL,
+        server.grpc_url,
+        batch_size=2,
+        input_data=dense_data,
+        patches_per_inference=3,
+        shapes=(
+            f"{contract.REGIONS_TENSOR}:{side},{side},3",
+            f"{contract.CELL_MASK_TENSOR}:{contract.DENSE_MIN_CELLS},{contract.DENSE_MIN_CELLS}",
+        ),
+        report=tmp_path / "dense.csv",
+        **common,
+    )
+    for result in (classifier, detector, dense):
         assert result.inferences_per_s > 0 and result.patches_per_s > 0
         assert 0 < result.p50_ms <= result.p99_ms
 
 
+# --- the dense model on the real server -------------------------------------------------------
+def _dense_regions(cells: int, count: int = 2, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Real H&E regions of k = ``cells`` (the 1101 px sample reflected where k needs more)."""
+    import tifffile
+
+    image = tifffile.imread(REAL_HE)[..., :3]
+    size = contract.region_size(cells)
+    if size > min(image.shape[:2]):
+        pad = size - min(image.shape[:2])
+        image = np.pad(image, ((0, pad), (0, pad), (0, 0)), mode="reflect")
+    rng = np.random.default_rng(seed)
+    corners = rng.integers(0, [image.shape[0] - size + 1, image.shape[1] - size + 1], (count, 2))
+    regions = np.stack([image[y : y + size, x : x + size] for y, x in corners]).astype(np.uint8)
+    return regions, rng.random((count, cells, cells)) < 0.6
+
+
+def _pytorch_dense(checkpoint: Path, regions: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    from wsi_tumor.export.parity import torch_dense
+    from wsi_tumor.models.checkpoint import load_model
+
+    return torch_dense(load_model(checkpoint), regions, mask)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("cells", [contract.DENSE_MIN_CELLS, 16])
+def test_dense_model_equals_the_pytorch_fully_convolutional_pass(
+    server, exported_repository, cells
+) -> None:
+    import tritonclient.grpc as grpcclient
+
+    regions, mask = _dense_regions(cells)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    result = client.infer(contract.DENSE_MODEL, _ensemble_inputs(grpcclient, regions, mask))
+    grid = result.as_numpy(contract.GRID_TENSOR)
+    assert grid is not None and grid.shape == mask.shape
+    expected = _pytorch_dense(exported_repository.checkpoint, regions, mask)
+    np.testing.assert_allclose(grid, expected, atol=1e-4)
+    assert np.all(grid[~mask] == 0) and np.all(grid[mask] > 0)
+
+
+DENSE_BAD_REQUESTS = [
+    ("side not 224 + (k-1)*64", np.zeros((1, 700, 700, 3), np.uint8), np.ones((1, 8, 8), bool),
+     "not 224 + (k - 1) * 64"),
+    ("float regions", np.zeros((1, 352, 352, 3), np.float32), np.ones((1, 3, 3), bool),
+     "expects 'UINT8'"),
+    ("mask shape", np.zeros((1, 352, 352, 3), np.uint8), np.ones((1, 4, 4), bool),
+     "cell_mask: shape must be [N, k, k] = [1, 3, 3]"),
+    ("k below the model's range", np.zeros((1, 288, 288, 3), np.uint8), np.ones((1, 2, 2), bool),
+     "takes k from 3"),
+]  # fmt: skip
+
+
+@pytest.mark.triton
+def test_dense_bad_requests_get_invalid_arg_while_good_ones_are_answered(
+    server, exported_repository
+) -> None:
+    """Bad requests mixed with good ones of two sizes, all in flight together."""
+    import tritonclient.grpc.aio as aioclient
+    from tritonclient.utils import InferenceServerException
+
+    goods = [_dense_regions(cells, count=1, seed=cells) for cells in (3, 8, 3)]
+    cases: list[tuple] = []
+    for good, bad in zip(goods, DENSE_BAD_REQUESTS, strict=False):
+        cases += [("good", *good, None), bad]
+    cases.append(DENSE_BAD_REQUESTS[-1])
+
+    async def run_all() -> list:
+        client = aioclient.InferenceServerClient(server.grpc_url)
+        try:
+            calls = [
+                client.infer(contract.DENSE_MODEL, _ensemble_inputs(aioclient, r, m))
+                for _, r, m, _ in cases
+            ]
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await client.close()
+
+    for (case, regions, mask, message), result in zip(cases, asyncio.run(run_all()), strict=True):
+        if message is None:
+            assert not isinstance(result, BaseException), result
+            expected = _pytorch_dense(exported_repository.checkpoint, regions, mask)
+            np.testing.assert_allclose(result.as_numpy(contract.GRID_TENSOR), expected, atol=1e-4)
+        else:
+            assert isinstance(result, InferenceServerException), case
+            assert message in str(result), f"{case}: {result}"
+            assert result.status() == "StatusCode.INVALID_ARGUMENT"
+
+
 def test_wire_bytes_per_patch_for_k8_regions() -> None:
-    from wsi_tumor.serving.perf import wire_bytes_per_patch
+    from wsi_tumor.bench.perf_analyzer import wire_bytes_per_patch
 
     wire = wire_bytes_per_patch(8, tissue_fraction=1.0)
     assert wire["region_uint8"] == (672 * 672 * 3 + 64) / 64

@@ -62,6 +62,37 @@ def test_python_backend_computes_values(triton_server_factory, affine_repository
     np.testing.assert_allclose(y, x * 3.0 + 0.5)
 
 
+def test_embedded_server_listens_on_loopback_only_with_restricted_apis(
+    triton_server_factory, affine_repository
+) -> None:
+    """What wsi-infer starts by itself: 127.0.0.1 only, no metrics port, admin APIs locked."""
+    import urllib.error
+    import urllib.request
+
+    import psutil
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    server = triton_server_factory(affine_repository)
+    assert server.pid is not None
+    tree = {server.pid, *(p.pid for p in psutil.Process(server.pid).children(recursive=True))}
+    listening = {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN and c.pid in tree
+    }
+    assert {port for _, port in listening} == {server.http_port, server.grpc_port}
+    assert {ip for ip, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    assert client.is_model_ready("affine")  # what the client needs stays open
+    for call in (client.get_model_repository_index, client.get_inference_statistics):
+        with pytest.raises(InferenceServerException, match="restricted"):
+            call()
+    assert client.get_inference_statistics(headers=server.admin_headers).model_stats
+    with pytest.raises(urllib.error.HTTPError, match="403"):
+        urllib.request.urlopen(f"http://{server.http_url}/v2/repository/index", data=b"{}")
+
+
 def test_server_stop_ends_process_group(affine_repository: Path) -> None:
     server = LocalTritonServer(affine_repository).start()
     pid = server._process.pid if server._process else -1

@@ -25,7 +25,12 @@ MASK_LEVEL: Final = 6
 PATCH_STRIDE: Final = 2**MASK_LEVEL
 """Level-0 pixels between neighbouring patch centres (one mask cell)."""
 REGION_CELLS: Final = 8
-"""Default k: a region sent to the ensemble covers k x k mask cells."""
+"""Default k of the exact mode: a region sent to the ensemble covers k x k mask cells."""
+DENSE_REGION_CELLS: Final = 16
+"""Default k of the dense mode: larger regions amortise the 160 px halo around the cells."""
+DENSE_MIN_CELLS: Final = 3
+DENSE_MAX_CELLS: Final = 32
+"""Range of k the dense model accepts (its TensorRT profile spans it)."""
 
 
 def region_size(cells: int) -> int:
@@ -72,15 +77,26 @@ def normalise(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     return scaled * np.float32(out_hi - out_lo) + np.float32(out_lo)
 
 
-# --- slides ---------------------------------------------------------------------------------
+# --- resolution -----------------------------------------------------------------------------
 DEFAULT_MPP: Final = 0.243
 """CAMELYON16 level-0 resolution in microns per pixel, used when FROC needs a fallback."""
+MODEL_MPP: Final = DEFAULT_MPP
+"""Microns per pixel of the images the network was trained on (CAMELYON16 level 0). The
+exported repository records it (parameter ``model_mpp``) and the client reads it."""
+MPP_TOLERANCE: Final = 0.10
+"""Relative resolution difference read as "the same": CAMELYON16's two scanners (0.243 and
+0.226 um/px) are both read 1:1, so MONAI's map stays exact on them."""
+MODEL_MPP_PARAMETER: Final = "model_mpp"
+"""Name of the repository config parameter that carries :data:`MODEL_MPP`."""
 
 # --- Triton model repository ----------------------------------------------------------------
 CLASSIFIER_MODEL: Final = "tumor_classifier"
 TILER_MODEL: Final = "patch_tiler"
 ASSEMBLER_MODEL: Final = "grid_assembler"
 ENSEMBLE_MODEL: Final = "tumor_detector"
+"""The exact mode: the ensemble tiler -> classifier -> assembler (MONAI's map)."""
+DENSE_MODEL: Final = "tumor_detector_dense"
+"""The dense mode: one ONNX graph, whole regions through the fully convolutional network."""
 
 PATCHES_TENSOR: Final = "patches"
 """FP32 [P, 3, 224, 224], normalised: the classifier's input, the tiler's output."""

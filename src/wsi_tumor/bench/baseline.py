@@ -15,10 +15,8 @@ paints those pixels white so the maps agree everywhere (it touches only border p
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -28,13 +26,15 @@ from typing import Any
 import numpy as np
 
 from wsi_tumor import contract
+from wsi_tumor.commandline import make_parser
+from wsi_tumor.fileio import peak_rss_mib, write_json
 
 log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags of the baseline process."""
-    parser = argparse.ArgumentParser(prog="wsi_tumor.bench.baseline", description=__doc__)
+    parser = make_parser("wsi_tumor.bench.baseline", __doc__)
     parser.add_argument("slide", type=Path)
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("map", type=Path, help="where the probability map (.npy) goes")
@@ -79,7 +79,7 @@ def monai_model(checkpoint: Path) -> Any:
     import torch
     from monai.networks.nets import TorchVisionFCModel
 
-    from wsi_tumor.export.checkpoint import load_model
+    from wsi_tumor.models.checkpoint import load_model
 
     model = TorchVisionFCModel("resnet18", num_classes=1, use_conv=True, pretrained=False)
     model.load_state_dict(load_model(checkpoint).state_dict(), strict=True)
@@ -157,7 +157,7 @@ def run_baseline(
         "batch_size": batch_size,
         "workers": workers,
         "torch_threads": threads,
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
     }
     return prob_map, report
 
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.slide, args.checkpoint, args.batch_size, args.workers, args.threads
     )
     np.save(args.map, prob_map)
-    args.report.write_text(json.dumps(report, indent=2))
+    write_json(args.report, report)
     return 0
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from wsi_tumor import contract
 from wsi_tumor.bench import BenchError
 
 AGREEMENT_TOLERANCE = 1e-4
@@ -44,6 +45,29 @@ def check_agreement(
             f"(all pairs: {format_diffs(diffs)})"
         )
     return diffs
+
+
+def dense_agreement(
+    exact: npt.NDArray[np.float32], dense: npt.NDArray[np.float32], ways: Mapping[str, Any]
+) -> dict[str, Any]:
+    """How the dense map (d) agrees with the exact one (b): cells, lesion candidates.
+
+    Cells compared are the tissue cells (non-zero in either map); candidates are the
+    ``<slide>.csv`` files beside the maps, matched within two cells.
+    """
+    from wsi_tumor.evaluation.agreement import MATCH_RADIUS_CELLS, map_agreement, matched_detections
+    from wsi_tumor.evaluation.nms import read_detections
+
+    stats = map_agreement(exact, dense).to_json()
+    csvs = [Path(ways[key].map_path).with_suffix(".csv") for key in ("b", "d")]
+    if all(path.is_file() for path in csvs):
+        both, only_exact, only_dense = matched_detections(
+            read_detections(csvs[0]),
+            read_detections(csvs[1]),
+            MATCH_RADIUS_CELLS * contract.PATCH_STRIDE,
+        )
+        stats["candidates"] = {"both": both, "only_exact": only_exact, "only_dense": only_dense}
+    return stats
 
 
 def format_diffs(diffs: Mapping[str, float]) -> str:
@@ -86,7 +110,7 @@ def best_perf(perf: Sequence[Mapping[str, Any]], model: str, batch: float) -> Ma
 
 
 def evaluate_targets(results: Mapping[str, Any]) -> list[Target]:
-    """The three targets of the brief from a results dict (see :func:`render_markdown`)."""
+    """The targets from a results dict (see :func:`render_markdown`)."""
     ways = {way["key"]: way for way in results["ways"]}
     perf = results["perf"]
     classifier, detector = results["models"]["classifier"], results["models"]["detector"]
@@ -101,7 +125,8 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[Target]:
                 f"{b['patches_per_s']:.1f} vs {a['patches_per_s']:.1f} patches/s",
             )
         )
-    for batch in sorted({r["patches_per_request"] for r in perf}):
+    exact_perf = [r for r in perf if r["model"] in (classifier, detector)]
+    for batch in sorted({r["patches_per_request"] for r in exact_perf}):
         best_d, best_c = best_perf(perf, detector, batch), best_perf(perf, classifier, batch)
         targets.append(
             Target(
@@ -112,6 +137,18 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[Target]:
                 f" vs {best_c['patches_per_s']:.1f} (c={best_c['concurrency']}) patches/s",
             )
         )
+    if "d" in ways:
+        d = ways["d"]
+        for key, goal, versus in (("a", 10.0, "the MONAI baseline"), ("b", 4.0, "exact mode")):
+            if key in ways:
+                targets.append(
+                    Target(
+                        f"d/{key}: dense mode vs {versus} (cells/s)",
+                        d["patches_per_s"] / ways[key]["patches_per_s"],
+                        goal,
+                        f"{d['patches_per_s']:.1f} vs {ways[key]['patches_per_s']:.1f} cells/s",
+                    )
+                )
     if "b" in ways:
         batch = results["client_batch"]
         best_c = best_perf(perf, classifier, batch)
@@ -185,7 +222,7 @@ def render_markdown(results: Mapping[str, Any], targets: Sequence[Target], chart
     ways = results["ways"]
     lines += [
         "",
-        f"## One slide, three ways ({results['slide']['description']})",
+        f"## One slide, four ways ({results['slide']['description']})",
         "",
         "| way | patches | patch phase s | patches/s | process s | client CPU s | "
         "client peak RSS MiB | server peak RSS MiB | server CPU s | bytes sent | bytes/patch |",
@@ -204,7 +241,7 @@ def render_markdown(results: Mapping[str, Any], targets: Sequence[Target], chart
     lines += [f"- ({w['key']}) {w['label']}" for w in ways]
     lines += ["", "Ratios (patches/s of the patch phase; process wall time in brackets):", ""]
     by_key = {w["key"]: w for w in ways}
-    for num, den in (("b", "a"), ("b", "c")):
+    for num, den in (("b", "a"), ("b", "c"), ("d", "a"), ("d", "b")):
         if num in by_key and den in by_key:
             n, d = by_key[num], by_key[den]
             lines.append(
@@ -219,8 +256,28 @@ def render_markdown(results: Mapping[str, Any], targets: Sequence[Target], chart
         )
     lines += [
         "",
-        f"Maps agree: max |diff| {format_diffs(results['agreement'])} "
+        f"Exact maps (a, b, c) agree: max |diff| {format_diffs(results['agreement'])} "
         f"(tolerance {AGREEMENT_TOLERANCE:g}).",
+        "",
+    ]
+    dense = results.get("dense_agreement")
+    if dense:
+        pearson = "n/a" if dense["pearson"] is None else f"{dense['pearson']:.4f}"
+        lines.append(
+            f"Dense map (d) vs exact (b) over {dense['cells']} tissue cells: max |diff| "
+            f"{dense['max_abs_diff']:.3f}, mean |diff| {dense['mean_abs_diff']:.4f}, Pearson "
+            f"{pearson}, same side of 0.5 in {100 * dense['decision_agreement']:.1f} % of cells"
+            + (
+                f"; lesion candidates: {dense['candidates']['both']} found by both, "
+                f"{dense['candidates']['only_exact']} only exact, "
+                f"{dense['candidates']['only_dense']} only dense"
+                if "candidates" in dense
+                else ""
+            )
+            + ". With random-init weights these figures say little; the accuracy benchmark "
+            "(`make accuracy`) compares the modes on a trained model."
+        )
+    lines += [
         "",
         f"![throughput]({chart})",
         "",
@@ -261,8 +318,9 @@ def render_chart(results: Mapping[str, Any], path: Path) -> Path:
     perf = results["perf"]
     points = sorted({(r["patches_per_request"], r["concurrency"]) for r in perf})
     width = 0.4
+    models = results["models"]
     for offset, (model, colour) in enumerate(
-        ((results["models"]["classifier"], "#4c72b0"), (results["models"]["detector"], "#dd8452"))
+        ((models["classifier"], "#4c72b0"), (models["detector"], "#dd8452"))
     ):
         values = [
             next(
@@ -285,9 +343,9 @@ def render_chart(results: Mapping[str, Any], path: Path) -> Path:
     right.bar(
         [f"({w['key']})" for w in ways],
         [w["patches_per_s"] for w in ways],
-        color=["#8c8c8c", "#dd8452", "#4c72b0"][: len(ways)],
+        color=["#8c8c8c", "#dd8452", "#4c72b0", "#55a868"][: len(ways)],
     )
-    right.set_title("one slide, three ways")
+    right.set_title("one slide, four ways")
     right.set_ylabel("patches/s")
     fig.suptitle(f"wsi-tumor on {results['machine']['cpu_model']}", fontsize=9)
     fig.tight_layout()

@@ -1,9 +1,10 @@
-"""The three end-to-end ways through one slide, each its own measured process.
+"""The end-to-end ways through one slide, each its own measured process.
 
 (a) the MONAI in-process PyTorch baseline (:mod:`wsi_tumor.bench.baseline`);
-(b) ``wsi-infer`` through the ``tumor_detector`` ensemble (uint8 regions on the wire);
-(c) ``wsi-infer --endpoint classifier``: FP32 patches cut by the client, sent to
-``tumor_classifier``.
+(b) ``wsi-infer --mode exact`` through the ``tumor_detector`` ensemble (uint8 regions);
+(c) the client cutting FP32 patches itself for ``tumor_classifier``
+    (:mod:`wsi_tumor.bench.patch_client`);
+(d) ``wsi-infer --mode dense``: whole regions through ``tumor_detector_dense``.
 
 Client CPU seconds come from ``getrusage(RUSAGE_CHILDREN)`` around the child, the client's
 peak RSS from its own ``ru_maxrss`` (and the sampler), the server's peak RSS and CPU seconds
@@ -28,6 +29,7 @@ import numpy.typing as npt
 
 from wsi_tumor.bench import BenchError
 from wsi_tumor.bench.resources import TreeSampler, tree_cpu_s
+from wsi_tumor.serving.local_server import LocalTritonServer
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class WayResult:
     """One way's measurements.
 
     Attributes:
-        key: ``a``, ``b`` or ``c``.
+        key: ``a``, ``b``, ``c`` or ``d``.
         label: What ran.
         process_s: Wall seconds of the whole process (imports, mask, outputs included).
         infer_s: Wall seconds of the patch phase (reading + classification).
@@ -105,13 +107,18 @@ def run_measured(
     return wall, cpu, peak
 
 
-def model_statistics(url: str) -> dict[str, dict[str, float]]:
-    """Cumulative per-model counts and nanoseconds from Triton's statistics API."""
+def model_statistics(
+    url: str, headers: dict[str, str] | None = None
+) -> dict[str, dict[str, float]]:
+    """Cumulative per-model counts and nanoseconds from Triton's statistics API.
+
+    ``headers`` unlock the API where it is restricted (``LocalTritonServer.admin_headers``).
+    """
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
     try:
-        raw = client.get_inference_statistics(as_json=True)
+        raw = client.get_inference_statistics(headers=headers, as_json=True)
     finally:
         client.close()
     out: dict[str, dict[str, float]] = {}
@@ -188,45 +195,47 @@ def run_baseline_way(
     )
 
 
+CLIENT_WAYS = {
+    "b": ("wsi_tumor.client.cli", ["--mode", "exact"], "uint8 regions -> tumor_detector ensemble"),
+    "c": ("wsi_tumor.bench.patch_client", [], "client-cut FP32 patches -> tumor_classifier"),
+    "d": ("wsi_tumor.client.cli", ["--mode", "dense"], "uint8 regions -> tumor_detector_dense"),
+}
+"""Key -> (module run as ``python -m``, extra flags, what goes on the wire)."""
+
+
 def run_client_way(
     key: str,
-    endpoint: str,
     slide: Path,
-    url: str,
-    server_pid: int,
+    server: LocalTritonServer,
     workdir: Path,
     sampler: TreeSampler,
     *,
     readers: int,
     inflight: int,
 ) -> WayResult:
-    """Way (b) (``endpoint="detector"``) or (c) (``"classifier"``): ``wsi-infer --url``."""
+    """Way (b), (c) or (d) (see :data:`CLIENT_WAYS`): the client with ``--url``."""
+    module, flags, what = CLIENT_WAYS[key]
+    url, server_pid = server.grpc_url, server.pid or 0
     out = workdir / f"{key}_out"
     command = [
-        sys.executable, "-m", "wsi_tumor.client.cli", str(slide), "--out", str(out),
-        "--url", url, "--quiet", "--overwrite", "--endpoint", endpoint,
-        "--readers", str(readers), "--inflight", str(inflight),
+        sys.executable, "-m", module, str(slide), "--out", str(out), "--url", url,
+        "--quiet", "--overwrite", "--readers", str(readers), "--inflight", str(inflight), *flags,
     ]  # fmt: skip
-    stats_before = model_statistics(url)
+    stats_before = model_statistics(url, server.admin_headers)
     sampler.reset("server")
     server_cpu_before = tree_cpu_s(server_pid)
     wall, cpu, peak = run_measured(command, workdir / f"{key}.log", sampler, "client")
     server_cpu = tree_cpu_s(server_pid) - server_cpu_before
     server_peak = sampler.peak_mib("server")
-    stats = statistics_delta(stats_before, model_statistics(url))
+    stats = statistics_delta(stats_before, model_statistics(url, server.admin_headers))
     report = json.loads((out / f"{slide.stem}.json").read_text())
     timings = report["timings_s"]
-    what = (
-        "uint8 regions -> tumor_detector ensemble"
-        if endpoint == "detector"
-        else "client-cut FP32 patches -> tumor_classifier"
-    )
     config = report["config"]
     return WayResult(
         key=key,
         label=(
-            f"wsi-infer --endpoint {endpoint}: {what} (k={config['region_cells']}, "
-            f"{config['regions_per_request']} regions/request, {readers} readers, "
+            f"{' '.join(['python -m', module, *flags])}: {what} (k={config['region_cells']}, "
+            f"{report['counts']['regions_per_request']} regions/request, {readers} readers, "
             f"{inflight} in flight)"
         ),
         process_s=round(wall, 3),

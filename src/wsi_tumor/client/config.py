@@ -1,22 +1,21 @@
-"""The client's frozen configuration, built from the command line."""
+"""The client's frozen configuration; its fields (defaults, help) are the ``wsi-infer`` flags."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from wsi_tumor import contract
+from wsi_tumor.client.endpoints import MODES, Endpoint, endpoint_for_mode
+from wsi_tumor.commandline import add_dataclass_flags, add_logging_flags, make_parser, option
 from wsi_tumor.errors import ConfigError, RequestError
 from wsi_tumor.evaluation.nms import NMS_RADIUS, NMS_THRESHOLD
 from wsi_tumor.serving.limits import max_regions_per_request
-from wsi_tumor.slide import READERS
+from wsi_tumor.slide import READER_CHOICES
+from wsi_tumor.slide.tissue import TISSUE_RULES
 
-ENDPOINTS = ("detector", "classifier")
-"""``detector``: uint8 regions to the ensemble (it tiles on the server); ``classifier``: the
-client cuts the FP32 patches itself (the tiler's numpy code) and sends them to
-``tumor_classifier`` (to measure what server-side tiling saves)."""
 DEFAULT_REPOSITORY = Path("model_repository")
 
 
@@ -27,13 +26,18 @@ class InferConfig:
     Attributes:
         slides: Slide files and directories given on the command line.
         out: Output directory (created).
-        url: ``host:port`` of a running Triton gRPC endpoint; None starts an embedded server.
-        model_repository: Repository the embedded server serves (ignored with ``url``).
-        reader: Slide reader backend, ``cucim`` or ``openslide``.
-        region_cells: k, the side of a region in mask cells.
+        urls: ``host:port`` of running Triton gRPC endpoints; empty starts an embedded server.
+        url_file: A file of more URLs (read into ``urls`` by :func:`config_from_args`).
+        model_repository: Repository the embedded server serves (ignored with ``urls``).
+        reader: Slide reader backend (``auto`` picks per slide).
+        mpp: Level-0 microns per pixel forced for every slide (None: the file's own).
+        tissue_rule: ``monai`` or ``ncrf`` (see :mod:`wsi_tumor.slide.tissue`).
+        exclude_ink: Leave out ink and colourless dark cells too.
+        mode: ``exact`` (the ensemble, MONAI's map) or ``dense`` (whole regions).
+        region_cells: k, the side of a region in mask cells; None = the mode's default.
         readers: Reader threads.
         inflight: Requests read or on the wire at once (bounds memory).
-        regions_per_request: Regions per request; None = the most the ensemble accepts.
+        regions_per_request: Regions per request; None = the most the model accepts.
         nms_radius: NMS suppression radius in mask-level cells.
         nms_threshold: NMS stops at probabilities <= this.
         retry_timeout: Seconds a request keeps retrying transient server errors.
@@ -41,53 +45,109 @@ class InferConfig:
         overwrite: Recompute slides whose outputs are complete.
         quiet: No progress bars.
         verbose: Debug logging.
-        model_name: Ensemble to call (``endpoint`` detector).
-        endpoint: ``detector`` (regions to the ensemble) or ``classifier`` (client-side
-            patches to ``tumor_classifier``, at most its max batch per request).
     """
 
     slides: tuple[Path, ...]
     out: Path
-    url: str | None = None
-    model_repository: Path = DEFAULT_REPOSITORY
-    reader: str = "cucim"
-    region_cells: int = contract.REGION_CELLS
-    readers: int = 4
-    inflight: int = 8
-    regions_per_request: int | None = None
-    nms_radius: int = NMS_RADIUS
-    nms_threshold: float = NMS_THRESHOLD
-    retry_timeout: float = 120.0
-    request_timeout: float = 600.0
-    overwrite: bool = False
+    urls: tuple[str, ...] = option(
+        (),
+        "gRPC host:port of a running Triton server; repeat for several servers (requests go "
+        "to the least loaded, and fail over) (default: start one embedded)",
+        flag="--url",
+        action="append",
+    )
+    url_file: Path | None = option(
+        None, "a file of server URLs, one host:port per line (# comments), added to --url"
+    )
+    model_repository: Path = option(
+        DEFAULT_REPOSITORY, "repository the embedded server serves", metavar="DIR"
+    )
+    reader: str = option(
+        "auto",
+        "slide reader: auto picks per slide (cuCIM for generic TIFF and Aperio, tiffslide for "
+        "SubIFD pyramids, OpenSlide for the vendor formats), falling back when one fails",
+        choices=READER_CHOICES,
+    )
+    mpp: float | None = option(
+        None,
+        "level-0 microns per pixel of every slide, for files that do not state it (or state "
+        "it wrongly); default: the file's own",
+        metavar="UM",
+    )
+    tissue_rule: str = option(
+        "monai",
+        "tissue mask: monai (MONAI's MaskedPatchWSIDataset mask, exactly) or ncrf (adds "
+        "NCRF's RGB_min, which also drops dense dark tissue)",
+        choices=TISSUE_RULES,
+    )
+    exclude_ink: bool = option(
+        False,
+        "also leave out pen ink and colourless dark areas (by hue, saturation, chroma; "
+        "an exclusion beyond MONAI's rule)",
+    )
+    mode: str = option(
+        "exact",
+        "exact: one patch per cell through the ensemble (MONAI's map); dense: whole regions "
+        "through the fully convolutional network (about 10x faster, approximate)",
+        choices=MODES,
+    )
+    region_cells: int | None = option(
+        None,
+        f"k: a request region covers k x k mask cells (default: {contract.REGION_CELLS} "
+        f"exact, {contract.DENSE_REGION_CELLS} dense)",
+        metavar="K",
+    )
+    readers: int = option(4, "reader threads")
+    inflight: int = option(8, "requests read or in flight at once")
+    regions_per_request: int | None = option(
+        None, "regions per request (default: the most the model accepts for k)", metavar="N"
+    )
+    nms_radius: int = option(NMS_RADIUS, "NMS radius in mask cells")
+    nms_threshold: float = option(NMS_THRESHOLD, "NMS stops at p <= this")
+    retry_timeout: float = option(120.0, "seconds to retry transient server errors")
+    request_timeout: float = option(600.0, "deadline of one request in seconds")
+    overwrite: bool = option(False, "recompute slides whose outputs are complete")
     quiet: bool = False
     verbose: bool = False
-    model_name: str = field(default=contract.ENSEMBLE_MODEL)
-    endpoint: str = "detector"
 
     def __post_init__(self) -> None:
-        if self.endpoint not in ENDPOINTS:
-            raise ConfigError(
-                f"--endpoint must be one of {', '.join(ENDPOINTS)}, got {self.endpoint!r}"
-            )
         if not self.slides:
             raise ConfigError("no slide given: pass slide files or directories")
-        if self.reader not in READERS:
-            raise ConfigError(f"--reader must be one of {', '.join(READERS)}, got {self.reader!r}")
-        for name in ("region_cells", "readers", "inflight"):
-            if getattr(self, name) < 1:
-                flag = "--" + name.replace("_", "-")
-                raise ConfigError(f"{flag} must be >= 1, got {getattr(self, name)}")
-        try:
-            limit = max_regions_per_request(self.region_cells)
-        except RequestError as exc:
-            raise ConfigError(f"--region-cells {self.region_cells}: {exc}") from None
-        if self.regions_per_request is not None and not 1 <= self.regions_per_request <= limit:
+        if self.reader not in READER_CHOICES:
             raise ConfigError(
-                f"--regions-per-request must be in [1, {limit}] for --region-cells "
-                f"{self.region_cells} (the ensemble takes at most that many), got "
-                f"{self.regions_per_request}"
+                f"--reader must be one of {', '.join(READER_CHOICES)}, got {self.reader!r}"
             )
+        if self.tissue_rule not in TISSUE_RULES:
+            raise ConfigError(
+                f"--tissue-rule must be one of {', '.join(TISSUE_RULES)}, got {self.tissue_rule!r}"
+            )
+        if self.mpp is not None and not 0.01 <= self.mpp <= 100.0:
+            raise ConfigError(f"--mpp must be in [0.01, 100] um/px, got {self.mpp}")
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name in ("readers", "inflight"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        cells = self.cells
+        dense = self.mode == "dense"
+        low, high = (contract.DENSE_MIN_CELLS, contract.DENSE_MAX_CELLS) if dense else (1, None)
+        if cells < low or (high is not None and cells > high):
+            raise ConfigError(
+                f"--region-cells must be in [{low}, {high}] for --mode {self.mode}, got {cells}"
+            )
+        if self.mode == "exact":
+            try:
+                limit = max_regions_per_request(cells)
+            except RequestError as exc:
+                raise ConfigError(f"--region-cells {cells}: {exc}") from None
+            if self.regions_per_request is not None and self.regions_per_request > limit:
+                raise ConfigError(
+                    f"--regions-per-request must be in [1, {limit}] for --region-cells "
+                    f"{cells} (the ensemble takes at most that many), got "
+                    f"{self.regions_per_request}"
+                )
+        if self.regions_per_request is not None and self.regions_per_request < 1:
+            raise ConfigError(f"--regions-per-request must be >= 1, got {self.regions_per_request}")
         if self.nms_radius < 1:
             raise ConfigError(f"--nms-radius must be >= 1 cell, got {self.nms_radius}")
         if not 0.0 <= self.nms_threshold <= 1.0:
@@ -96,104 +156,42 @@ class InferConfig:
             raise ConfigError("--retry-timeout must be >= 0 and --request-timeout > 0")
 
     @property
-    def served_model(self) -> str:
-        """The model the client calls: ``model_name`` or, for ``classifier``, the classifier."""
-        return contract.CLASSIFIER_MODEL if self.endpoint == "classifier" else self.model_name
+    def cells(self) -> int:
+        """k after resolving the mode's default."""
+        if self.region_cells is not None:
+            return self.region_cells
+        return contract.REGION_CELLS if self.mode == "exact" else contract.DENSE_REGION_CELLS
 
-    @property
-    def request_regions(self) -> int:
-        """Regions per request after resolving the default (the ensemble's limit)."""
-        if self.regions_per_request is not None:
-            return self.regions_per_request
-        return max_regions_per_request(self.region_cells)
+    def endpoint(self) -> Endpoint:
+        """The served endpoint of ``mode``."""
+        return endpoint_for_mode(self.mode)
 
     def to_json(self) -> dict[str, Any]:
         """The resolved configuration as JSON-ready values (written next to outputs)."""
         data = asdict(self)
         data["slides"] = [str(path) for path in self.slides]
         data["out"] = str(self.out)
+        data["urls"] = list(self.urls)
+        data["url_file"] = None if self.url_file is None else str(self.url_file)
         data["model_repository"] = str(self.model_repository)
-        data["regions_per_request"] = self.request_regions
+        data["region_cells"] = self.cells
         data["mask_level"] = contract.MASK_LEVEL
         data["patch_size"] = contract.PATCH_SIZE
         data["patch_stride"] = contract.PATCH_STRIDE
         return data
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``wsi-infer`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="wsi-infer",
-        description=(
-            "Stream the tissue of whole-slide images through the Triton ensemble "
-            f"{contract.ENSEMBLE_MODEL!r} and write tumour probability maps, heatmaps and "
-            "lesion candidates (CSV, GeoJSON)."
-        ),
+def build_parser(prog: str = "wsi-infer") -> argparse.ArgumentParser:
+    """The ``wsi-infer`` argument parser (flags and defaults from :class:`InferConfig`)."""
+    parser = make_parser(
+        prog,
+        "Stream the tissue of whole-slide images through Triton and write tumour probability "
+        "maps, heatmaps and lesion candidates (CSV, GeoJSON).",
     )
     parser.add_argument("slides", nargs="+", type=Path, help="slide files and/or directories")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument(
-        "--url", help="gRPC host:port of a running Triton server (default: start one embedded)"
-    )
-    parser.add_argument(
-        "--model-repository",
-        type=Path,
-        default=DEFAULT_REPOSITORY,
-        help="repository the embedded server serves (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--reader", choices=READERS, default="cucim", help="slide reader (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--region-cells",
-        type=int,
-        default=contract.REGION_CELLS,
-        help="k: a request region covers k x k mask cells (default: %(default)s)",
-    )
-    parser.add_argument("--readers", type=int, default=4, help="reader threads (default: 4)")
-    parser.add_argument(
-        "--inflight", type=int, default=8, help="requests read or in flight at once (default: 8)"
-    )
-    parser.add_argument(
-        "--regions-per-request",
-        type=int,
-        default=None,
-        help="regions per request (default: the most the ensemble accepts for k)",
-    )
-    parser.add_argument(
-        "--nms-radius",
-        type=int,
-        default=NMS_RADIUS,
-        help="NMS radius in mask cells (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--nms-threshold",
-        type=float,
-        default=NMS_THRESHOLD,
-        help="NMS stops at p <= this (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--retry-timeout",
-        type=float,
-        default=120.0,
-        help="seconds to retry transient server errors (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--request-timeout",
-        type=float,
-        default=600.0,
-        help="deadline of one request in seconds (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--endpoint",
-        choices=ENDPOINTS,
-        default="detector",
-        help="detector: send uint8 regions to the ensemble (default); classifier: cut the "
-        f"FP32 patches here and send them to {contract.CLASSIFIER_MODEL!r}",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="recompute complete slides")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    add_dataclass_flags(parser, InferConfig)
+    add_logging_flags(parser)
     return parser
 
 
@@ -203,22 +201,34 @@ def config_from_args(args: argparse.Namespace) -> InferConfig:
     Raises:
         ConfigError: on an invalid combination of values.
     """
-    return InferConfig(
-        slides=tuple(args.slides),
-        out=args.out,
-        url=args.url,
-        model_repository=args.model_repository,
-        reader=args.reader,
-        region_cells=args.region_cells,
-        readers=args.readers,
-        inflight=args.inflight,
-        regions_per_request=args.regions_per_request,
-        nms_radius=args.nms_radius,
-        nms_threshold=args.nms_threshold,
-        retry_timeout=args.retry_timeout,
-        request_timeout=args.request_timeout,
-        overwrite=args.overwrite,
-        quiet=args.quiet,
-        verbose=args.verbose,
-        endpoint=args.endpoint,
-    )
+    values = vars(args).copy()
+    values["slides"] = tuple(values["slides"])
+    urls = list(values.get("urls") or ())
+    if values.get("url_file") is not None:
+        urls += read_url_file(values["url_file"])
+    values["urls"] = tuple(dict.fromkeys(urls))
+    return InferConfig(**values)
+
+
+def read_url_file(path: Path) -> list[str]:
+    """``host:port`` lines of a URL file (blank lines and ``#`` comments ignored).
+
+    Raises:
+        ConfigError: the file is missing, or a line is not ``host:port``.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"--url-file {path}: cannot read: {exc.strerror}") from None
+    urls = []
+    for number, line in enumerate(lines, start=1):
+        url = line.split("#", 1)[0].strip()
+        if not url:
+            continue
+        host, _, port = url.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"{path}:{number}: expected host:port, found {url!r}")
+        urls.append(url)
+    if not urls:
+        raise ConfigError(f"--url-file {path}: no URL in the file")
+    return urls

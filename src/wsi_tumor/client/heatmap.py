@@ -88,6 +88,10 @@ def render_overlay(
 ) -> npt.NDArray[np.uint8]:
     """Blend the coloured map over the thumbnail on tissue cells.
 
+    Works in strips of :data:`STRIP_ROWS` thumbnail rows with a 256-entry colour table, so
+    its memory is a few strips whatever the slide's size (not several float copies of the
+    whole heatmap).
+
     Args:
         thumbnail: (H, W, 3) uint8.
         prob_map: (rows, cols) probabilities at the mask level.
@@ -102,15 +106,21 @@ def render_overlay(
 
     height, width = thumbnail.shape[:2]
     rows, cols = prob_map.shape
-    colours = colormaps[COLORMAP](np.clip(prob_map, 0.0, 1.0))[..., :3]
+    table = (colormaps[COLORMAP](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).astype(np.float32)
+    levels = np.rint(np.clip(prob_map, 0.0, 1.0) * 255.0).astype(np.uint8)
     # Cell (row, col) covers level-0 [col * s, (col + 1) * s): map each thumbnail pixel to
     # the cell holding its level-0 centre so the colours line up with the slide.
     stride = contract.PATCH_STRIDE
     x0 = (np.arange(width) + 0.5) * level0_size[0] / width
     y0 = (np.arange(height) + 0.5) * level0_size[1] / height
-    cell_cols = np.minimum(x0 // stride, cols - 1).astype(int)
-    cell_rows = np.minimum(y0 // stride, rows - 1).astype(int)
-    cell_colours = colours[cell_rows[:, None], cell_cols[None, :]]
-    weight = (alpha * tissue[cell_rows[:, None], cell_cols[None, :]])[..., None]
-    blended = thumbnail.astype(np.float32) / 255.0 * (1 - weight) + cell_colours * weight
-    return np.round(blended * 255.0).clip(0, 255).astype(np.uint8)
+    cell_cols = np.minimum(x0 // stride, cols - 1).astype(np.intp)
+    cell_rows = np.minimum(y0 // stride, rows - 1).astype(np.intp)
+    out = np.empty_like(thumbnail)
+    for top in range(0, height, STRIP_ROWS):
+        strip_rows = cell_rows[top : top + STRIP_ROWS, None]
+        colours = table[levels[strip_rows, cell_cols[None, :]]]
+        weight = (np.float32(alpha) * tissue[strip_rows, cell_cols[None, :]])[..., None]
+        base = thumbnail[top : top + STRIP_ROWS].astype(np.float32)
+        blended = base * (1 - weight) + colours * weight
+        out[top : top + STRIP_ROWS] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return out

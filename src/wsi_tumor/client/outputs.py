@@ -8,19 +8,17 @@ Per slide ``<stem>`` in the output directory:
 - ``<stem>_heatmap.png``: the map over the slide thumbnail;
 - ``<stem>.csv``: CAMELYON16 ``prob,x,y`` lesion candidates (level 0, x = column);
 - ``<stem>.geojson``: the same candidates as QuPath-importable points;
-- ``<stem>.json``: counts, timings and the config, written last: its presence marks the
-  slide complete. Recomputing a slide deletes it first, so an interrupted run never leaves
-  a complete-looking mix of old and new files.
+- ``<stem>.json``: counts, timings, the config and the SHA-256 of every other output,
+  written last: the slide is complete when it exists and every file matches its checksum,
+  so a file cut short by a full disk or a crash is found on the next run and the slide
+  recomputed. Recomputing a slide deletes the report first, so an interrupted run never
+  leaves a complete-looking mix of old and new files.
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
-import os
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,28 +27,12 @@ import numpy as np
 import numpy.typing as npt
 
 from wsi_tumor.evaluation.nms import write_detections
+from wsi_tumor.fileio import atomic_path, file_checksum
 
 CLASSIFICATION = "Tumor"
 """QuPath classification of the detected points."""
 CLASSIFICATION_COLOR = (200, 0, 0)
 """RGB of QuPath's built-in 'Tumor' class (QuPath >= 0.3 writes colours as [r, g, b])."""
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
-
-    The temporary file starts with a dot and ends in ``.tmp``, so it never looks like an
-    output; it is removed when the block raises.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    temporary.open("xb").close()  # exclusive; permissions follow the umask, unlike mkstemp
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def write_npy(path: Path, array: npt.NDArray[Any]) -> Path:
@@ -66,13 +48,6 @@ def write_png(path: Path, image: npt.NDArray[np.uint8]) -> Path:
 
     with atomic_path(path) as temporary:
         Image.fromarray(image).save(temporary, format="PNG")
-    return path
-
-
-def write_json(path: Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON atomically."""
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return path
 
 
@@ -104,6 +79,18 @@ def detections_geojson(detections: npt.NDArray[np.float64]) -> dict[str, Any]:
         for i, (prob, x, y) in enumerate(np.asarray(detections).reshape(-1, 3))
     ]
     return {"type": "FeatureCollection", "features": features}
+
+
+def output_stem(slide: Path) -> str:
+    """The name a slide's outputs take: the file name without its slide endings.
+
+    ``tumor_001.tif`` -> ``tumor_001``; ``x.ome.tif`` -> ``x``; a DICOM WSI folder -> the
+    folder's name.
+    """
+    if slide.is_dir():
+        return slide.name
+    stem = slide.stem
+    return stem[: -len(".ome")] if stem.lower().endswith(".ome") else stem
 
 
 @dataclass(frozen=True)
@@ -159,9 +146,36 @@ class SlideOutputs:
             self.report,
         ]
 
+    def checksums(self) -> dict[str, str]:
+        """``sha256:<hex>`` of every output but the report, by file name (for the report)."""
+        return {path.name: file_checksum(path) for path in self.all_paths()[:-1]}
+
+    def problem(self) -> str | None:
+        """Why the outputs are not a complete, intact set; None when they are.
+
+        Complete means: the report exists and parses, and every output it lists exists with
+        the checksum the report recorded (a file cut short by a full disk or a crash, or
+        changed since, does not match).
+        """
+        if not self.report.is_file():
+            return "no report"
+        try:
+            recorded = json.loads(self.report.read_text(encoding="utf-8")).get("checksums")
+        except (OSError, ValueError, AttributeError) as exc:
+            return f"{self.report.name} does not parse ({exc})"
+        if not isinstance(recorded, dict):
+            return f"{self.report.name} records no checksums"
+        for path in self.all_paths()[:-1]:
+            if not path.is_file():
+                return f"{path.name} is missing"
+            expected = recorded.get(path.name)
+            if expected is None or file_checksum(path) != expected:
+                return f"{path.name} does not match its recorded checksum"
+        return None
+
     def complete(self) -> bool:
-        """Whether every output exists (the marker is written only after the others)."""
-        return all(path.is_file() for path in self.all_paths())
+        """Whether the outputs are a complete, intact set (see :meth:`problem`)."""
+        return self.problem() is None
 
     def invalidate(self) -> None:
         """Remove the completion marker before the slide is recomputed.

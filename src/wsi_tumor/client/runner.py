@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,11 +22,15 @@ from tqdm import tqdm
 
 from wsi_tumor import contract
 from wsi_tumor.client.config import InferConfig
-from wsi_tumor.client.outputs import write_json
+from wsi_tumor.client.endpoints import Endpoint
+from wsi_tumor.client.outputs import output_stem
+from wsi_tumor.client.pool import ServerPool
 from wsi_tumor.client.slide_job import SlideJob
-from wsi_tumor.client.transport import ModelInfo, TritonTransport
+from wsi_tumor.client.transport import ModelInfo
 from wsi_tumor.errors import ConfigError, ModelMismatchError, ServerUnavailableError
+from wsi_tumor.fileio import peak_rss_mib, write_json
 from wsi_tumor.slide import SLIDE_SUFFIXES
+from wsi_tumor.slide.formats import dicom_files
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ SUMMARY_NAME = "cohort_summary.json"
 
 
 @dataclass
-class SlideResult:
+class SlideOutcome:
     """What happened to one slide.
 
     Attributes:
@@ -44,6 +47,7 @@ class SlideResult:
         error: One-line reason of a failure.
         error_type: Exception class name of a failure.
         report: The slide's JSON report (counts, timings) when complete.
+        reader: What opened the slide (reader, format, fallbacks), when it was opened.
     """
 
     slide: Path
@@ -51,6 +55,7 @@ class SlideResult:
     error: str | None = None
     error_type: str | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    reader: dict[str, object] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Summary line of the cohort report."""
@@ -60,6 +65,9 @@ class SlideResult:
         if self.report:
             line["counts"] = self.report.get("counts")
             line["patches_per_s"] = self.report.get("patches_per_s")
+        reader = self.report.get("reader", self.reader)
+        if reader:
+            line["reader"] = reader
         return line
 
 
@@ -67,11 +75,11 @@ class SlideResult:
 class CohortResult:
     """Results of every slide of one run, in input order."""
 
-    slides: list[SlideResult]
+    slides: list[SlideOutcome]
     summary_path: Path | None = None
 
     @property
-    def failed(self) -> list[SlideResult]:
+    def failed(self) -> list[SlideOutcome]:
         """The slides that failed."""
         return [result for result in self.slides if result.status == "failed"]
 
@@ -82,51 +90,55 @@ class CohortResult:
 
 
 def discover_slides(paths: Sequence[Path]) -> list[Path]:
-    """Expand directories into their slide files (non-recursive, sorted).
+    """Expand directories into their slides (non-recursive, sorted).
 
-    A file argument is kept whatever its suffix; a path that does not exist is kept too,
-    so that it is reported as a failed slide.
+    A directory gives its files with a slide ending (:data:`SLIDE_SUFFIXES`, ``.dcm``
+    aside) and its sub-folders that hold a DICOM WSI; a directory that is itself a DICOM
+    WSI is one slide. A file argument is kept whatever its suffix; a path that does not
+    exist is kept too, so that it is reported as a failed slide.
 
     Raises:
-        ConfigError: when nothing is found, or two slides share an output name (stem).
+        ConfigError: when nothing is found, or two slides share an output name.
     """
     slides: list[Path] = []
     for path in paths:
-        if path.is_dir():
+        if not path.is_dir() or dicom_files(path):
+            slides.append(path)
+        else:
             found = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES
+                p
+                for p in path.iterdir()
+                if (p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES and p.suffix != ".dcm")
+                or (p.is_dir() and dicom_files(p))
             )
             if not found:
-                log.warning("%s: no slide files (%s)", path, ", ".join(sorted(SLIDE_SUFFIXES)))
+                log.warning("%s: no slides (%s)", path, ", ".join(sorted(SLIDE_SUFFIXES)))
             slides.extend(found)
-        else:
-            slides.append(path)
     if not slides:
         raise ConfigError(f"no slides found in {', '.join(str(p) for p in paths)}")
     seen: dict[str, Path] = {}
     for slide in slides:
-        other = seen.setdefault(slide.stem, slide)
+        stem = output_stem(slide)
+        other = seen.setdefault(stem, slide)
         if other != slide:
             raise ConfigError(
-                f"{other} and {slide} would write the same outputs ({slide.stem}.*): "
+                f"{other} and {slide} would write the same outputs ({stem}.*): "
                 "run them into different --out directories"
             )
     return list(dict.fromkeys(slides))
 
 
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux ``ru_maxrss``)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def run(config: InferConfig, *, progress: Callable[[int], None] | None = None) -> CohortResult:
+def run(
+    config: InferConfig,
+    *,
+    endpoint: Endpoint | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> CohortResult:
     """Process every slide of ``config`` and write the cohort summary.
-
-    Starts the embedded server on ``config.model_repository`` when ``config.url`` is None
-    (and only when some slide needs computing) and stops it afterwards.
 
     Args:
         config: The run's configuration.
+        endpoint: The served endpoint; default: the one of ``config.mode``.
         progress: Called on the event loop with the patch count of each finished request
             (tests use it to act mid-slide).
 
@@ -135,76 +147,119 @@ def run(config: InferConfig, *, progress: Callable[[int], None] | None = None) -
 
     Raises:
         ConfigError: no slides, clashing names.
-        ServerError: the embedded server cannot start, or the server stays unreachable.
-        ModelMismatchError: the served ensemble differs from the contract.
+        ServerError: the embedded server cannot start, or no server becomes reachable.
+        ModelMismatchError: a served model differs from the contract.
     """
     slides = discover_slides(config.slides)
-    config.out.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC).isoformat(timespec="seconds")
+    endpoint = endpoint or config.endpoint()
+    outcomes = run_slides(config, slides, endpoint=endpoint, progress=progress)
+    cohort = CohortResult(outcomes)
+    cohort.summary_path = write_summary(config, outcomes, started, endpoint)
+    return cohort
+
+
+def run_slides(
+    config: InferConfig,
+    slides: Sequence[Path],
+    *,
+    endpoint: Endpoint | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[SlideOutcome]:
+    """Process ``slides`` (already discovered) in order; write no cohort summary.
+
+    Complete slides are skipped unless ``config.overwrite``. The servers are
+    ``config.urls``; without one, an embedded server on ``config.model_repository`` is
+    started (only when some slide needs computing) and stopped afterwards. This is the unit
+    of work everywhere: the local cohort and each task of a cluster cohort.
+
+    Raises:
+        ServerError, ModelMismatchError: as :func:`run`.
+    """
+    config.out.mkdir(parents=True, exist_ok=True)
+    endpoint = endpoint or config.endpoint()
     jobs = [SlideJob(slide, config) for slide in slides]
-    pending = [job for job in jobs if config.overwrite or not job.outputs.complete()]
-    results: dict[Path, SlideResult] = {
-        job.slide: SlideResult(job.slide, "skipped") for job in jobs if job not in pending
+    pending = []
+    for job in jobs:
+        problem = job.outputs.problem()
+        if config.overwrite or problem is not None:
+            if problem not in (None, "no report"):
+                log.warning("%s: outputs not intact (%s): recomputing", job.slide, problem)
+            pending.append(job)
+    results: dict[Path, SlideOutcome] = {
+        job.slide: SlideOutcome(job.slide, "skipped") for job in jobs if job not in pending
     }
     for slide in results:
         log.info("%s: outputs complete, skipped (use --overwrite to recompute)", slide)
     if pending:
-        if config.url is not None:
-            computed = asyncio.run(_run_jobs(config, config.url, pending, progress))
+        if config.urls:
+            computed = asyncio.run(_run_jobs(config, endpoint, config.urls, pending, progress))
         else:
             from wsi_tumor.serving.local_server import LocalTritonServer
 
             with LocalTritonServer(config.model_repository) as server:
-                computed = asyncio.run(_run_jobs(config, server.grpc_url, pending, progress))
+                computed = asyncio.run(
+                    _run_jobs(config, endpoint, [server.grpc_url], pending, progress)
+                )
         results.update((result.slide, result) for result in computed)
-    ordered = [results[job.slide] for job in jobs]
-    cohort = CohortResult(ordered)
-    cohort.summary_path = write_json(
+    return [results[job.slide] for job in jobs]
+
+
+def write_summary(
+    config: InferConfig, outcomes: Sequence[SlideOutcome], started: str, endpoint: Endpoint
+) -> Path:
+    """Write ``cohort_summary.json`` (every slide's outcome) atomically; return its path."""
+    return write_json(
         config.out / SUMMARY_NAME,
         {
             "started": started,
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-            "server": config.url or f"embedded ({config.model_repository})",
-            "slides": [result.to_json() for result in ordered],
-            "complete": sum(r.status == "complete" for r in ordered),
-            "skipped": sum(r.status == "skipped" for r in ordered),
-            "failed": len(cohort.failed),
+            "servers": list(config.urls) or [f"embedded ({config.model_repository})"],
+            "endpoint": endpoint.model_name,
+            "slides": [result.to_json() for result in outcomes],
+            "complete": sum(r.status == "complete" for r in outcomes),
+            "skipped": sum(r.status == "skipped" for r in outcomes),
+            "failed": sum(r.status == "failed" for r in outcomes),
             "peak_rss_mib": round(peak_rss_mib(), 1),
             "config": config.to_json(),
         },
     )
-    return cohort
+
+
+DEFAULT_REGIONS_PER_REQUEST = 4
+"""Regions per request when the model sets no limit."""
 
 
 def _regions_per_request(config: InferConfig, info: ModelInfo) -> int:
-    wanted = config.request_regions
-    if info.max_regions is None or wanted <= info.max_regions:
-        return wanted
-    if config.regions_per_request is not None:
+    wanted = config.regions_per_request
+    if wanted is None:
+        return info.max_regions or DEFAULT_REGIONS_PER_REQUEST
+    if info.max_regions is not None and wanted > info.max_regions:
         raise ModelMismatchError(
-            f"model {info.name!r} accepts at most {info.max_regions} regions per request "
-            f"(max_batch_size), --regions-per-request is {wanted}"
+            f"model {info.name!r} accepts at most {info.max_regions} regions of k = "
+            f"{config.cells} per request, --regions-per-request is {wanted}"
         )
-    return info.max_regions
+    return wanted
 
 
 async def _run_jobs(
     config: InferConfig,
-    url: str,
+    endpoint: Endpoint,
+    urls: Sequence[str],
     jobs: Sequence[SlideJob],
     progress: Callable[[int], None] | None,
-) -> list[SlideResult]:
-    transport = TritonTransport(
-        url,
-        model_name=config.served_model,
-        endpoint=config.endpoint,
+) -> list[SlideOutcome]:
+    transport = ServerPool(
+        urls,
+        endpoint,
         retry_timeout=config.retry_timeout,
         request_timeout=config.request_timeout,
     )
     results = []
     try:
-        info = await transport.check_model(config.region_cells)
+        info = await transport.start(config.cells)
         per_request = _regions_per_request(config, info)
+        transport.regions_per_request = per_request
         with tqdm(
             total=len(jobs), desc="cohort", unit="slide", position=0, disable=config.quiet
         ) as bar:
@@ -216,14 +271,18 @@ async def _run_jobs(
                     reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
                     log.error("%s: FAILED (%s): %s", job.slide, type(exc).__name__, reason)
                     log.debug("traceback of %s", job.slide, exc_info=True)
-                    results.append(SlideResult(job.slide, "failed", reason, type(exc).__name__))
+                    results.append(
+                        SlideOutcome(
+                            job.slide, "failed", reason, type(exc).__name__, reader=job.reader
+                        )
+                    )
                     if isinstance(exc, ServerUnavailableError):
-                        # The server stayed away for the whole retry window: the other slides
+                        # No server came back in the whole retry window: the other slides
                         # would each wait as long again. Report them as not attempted.
                         for rest in jobs[index + 1 :]:
                             log.error("%s: FAILED: not attempted, %s", rest.slide, reason)
                             results.append(
-                                SlideResult(
+                                SlideOutcome(
                                     rest.slide,
                                     "failed",
                                     f"not attempted: {reason}",
@@ -241,9 +300,9 @@ async def _run_jobs(
                         report["patches_per_s"],
                         report["counts"]["detections"],
                     )
-                    results.append(SlideResult(job.slide, "complete", report=report))
+                    results.append(SlideOutcome(job.slide, "complete", report=report))
                 bar.update(1)
     finally:
         await transport.close()
-    log.debug("mask level %d, k = %d", contract.MASK_LEVEL, config.region_cells)
+    log.debug("mask level %d, k = %d", contract.MASK_LEVEL, config.cells)
     return results

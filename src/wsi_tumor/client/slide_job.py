@@ -1,12 +1,20 @@
-"""One slide from file to outputs: mask, regions, streamed inference, map, candidates."""
+"""One slide from file to outputs: open, view at the model's resolution, mask, stream, write.
+
+The slide is opened with the reader its format needs (``--reader auto``), viewed at the
+resolution the served model was trained at (the repository's ``model_mpp`` parameter; a
+slide within 10 % of it is read as it is, so MONAI's map stays exact), masked with MONAI's
+tissue rule, streamed region by region, and written. The probability map is on the grid of
+64 model-pixel cells; the lesion candidates (CSV, GeoJSON) are in the slide's own level-0
+pixels.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,35 +29,84 @@ from wsi_tumor.client.heatmap import heatmap_size, read_thumbnail, render_overla
 from wsi_tumor.client.outputs import (
     SlideOutputs,
     detections_geojson,
+    output_stem,
     write_csv,
-    write_json,
     write_npy,
     write_png,
 )
-from wsi_tumor.client.stream import StreamStats, stream_slide
-from wsi_tumor.client.transport import ModelInfo, TritonTransport
-from wsi_tumor.errors import MissingResolutionError, NoTissueError
+from wsi_tumor.client.pool import ServerPool, answered_delta
+from wsi_tumor.client.stream import stream_slide
+from wsi_tumor.client.transport import ModelInfo
+from wsi_tumor.errors import NoTissueError
+from wsi_tumor.fileio import peak_rss_mib, write_json
 from wsi_tumor.slide.base import SlideReader
+from wsi_tumor.slide.resolution import Resolution
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A slide opened at the model's resolution, with its mask and regions."""
+
+    slide: SlideReader
+    resolution: Resolution
+    level0_size: tuple[int, int]
+    mask: npt.NDArray[np.bool_]
+    mask_s: float
 
 
 class SlideJob:
     """Compute and write the outputs of one slide.
 
     Args:
-        slide: Slide file.
+        slide: Slide file (or DICOM folder).
         config: The run's configuration.
     """
 
     def __init__(self, slide: Path, config: InferConfig) -> None:
         self.slide = slide
         self.config = config
-        self.outputs = SlideOutputs(config.out, slide.stem)
+        self.outputs = SlideOutputs(config.out, output_stem(slide))
+        self.reader: dict[str, object] | None = None
+        """What opened the slide (reader, format, fallbacks), once it is open."""
+
+    def prepare(self, model_mpp: float) -> Prepared:
+        """Open the slide at the model's resolution and compute its tissue mask.
+
+        Raises:
+            SlideError: unreadable, no resolution (and no ``--mpp``), not brightfield,
+                no tissue.
+        """
+        from wsi_tumor.slide import open_slide, tissue_mask
+        from wsi_tumor.slide.resolution import at_model_resolution
+
+        start = time.perf_counter()
+        config = self.config
+        source = open_slide(self.slide, reader=config.reader)
+        self.reader = source.describe()
+        try:
+            level0_size = source.level_dimensions[0]
+            slide, resolution = at_model_resolution(source, model_mpp, config.mpp)
+            mask = np.asarray(
+                tissue_mask(
+                    slide,
+                    contract.MASK_LEVEL,
+                    rule=config.tissue_rule,
+                    exclude_ink=config.exclude_ink,
+                ),
+                dtype=bool,
+            )
+            if not mask.any():
+                raise NoTissueError(f"{self.slide}: the tissue mask is empty")
+        except BaseException:
+            source.close()
+            raise
+        return Prepared(slide, resolution, level0_size, mask, time.perf_counter() - start)
 
     async def run(
         self,
-        transport: TritonTransport,
+        transport: ServerPool,
         info: ModelInfo,
         regions_per_request: int,
         progress: Callable[[int], None] | None = None,
@@ -60,32 +117,27 @@ class SlideJob:
             SlideError: the slide cannot be opened or read, or has no tissue.
             ServerError: a request failed after its retries.
         """
-        from wsi_tumor.slide import open_slide, tissue_mask
-
         config = self.config
         self.outputs.invalidate()
         start = time.perf_counter()
-        slide = await asyncio.to_thread(open_slide, self.slide, reader=config.reader)
+        prepared = await asyncio.to_thread(self.prepare, info.model_mpp)
+        answered_before = transport.answered()
+        slide, mask = prepared.slide, prepared.mask
         with slide:
-            mask = await asyncio.to_thread(tissue_mask, slide, contract.MASK_LEVEL)
-            mask = np.asarray(mask, dtype=bool)
-            if not mask.any():
-                raise NoTissueError(f"{self.slide}: the tissue mask is empty")
-            mask_s = time.perf_counter() - start
             write_png(self.outputs.mask_png, np.where(mask, 255, 0).astype(np.uint8))
-            regions = plan_regions(mask, config.region_cells)
+            regions = plan_regions(mask, config.cells)
             tissue_cells = int(mask.sum())
             log.info(
                 "%s: %d x %d level-0 px, mask %s, %d tissue cells in %d regions",
                 self.slide,
-                *slide.level_dimensions[0],
+                *prepared.level0_size,
                 mask.shape,
                 tissue_cells,
                 len(regions),
             )
             with tqdm(
                 total=tissue_cells,
-                desc=self.slide.stem,
+                desc=self.outputs.stem,
                 unit="patch",
                 position=1,
                 leave=False,
@@ -108,78 +160,37 @@ class SlideJob:
                     progress=advance,
                 )
             outputs_start = time.perf_counter()
-            detections = await asyncio.to_thread(self._write_maps, slide, prob_map, mask)
-            report = self._report(
-                slide,
-                info,
-                transport.url,
-                mask,
-                len(regions),
-                stats,
-                detections,
-                mask_s,
-                outputs_start,
-                start,
-            )
-        write_json(self.outputs.report, report)
-        return report
-
-    def _write_maps(
-        self, slide: SlideReader, prob_map: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_]
-    ) -> npt.NDArray[np.float64]:
-        from wsi_tumor.evaluation.nms import nms
-
-        write_npy(self.outputs.prob_map, prob_map)
-        level0 = slide.level_dimensions[0]
-        thumbnail = read_thumbnail(slide, heatmap_size(level0))
-        write_png(self.outputs.heatmap_png, render_overlay(thumbnail, prob_map, mask, level0))
-        detections = nms(
-            prob_map,
-            contract.MASK_LEVEL,
-            radius=self.config.nms_radius,
-            threshold=self.config.nms_threshold,
-            size=level0,
-        )
-        write_csv(self.outputs.csv, detections)
-        write_json(self.outputs.geojson, detections_geojson(detections))
-        return detections
-
-    def _report(
-        self,
-        slide: SlideReader,
-        info: ModelInfo,
-        url: str,
-        mask: npt.NDArray[np.bool_],
-        regions: int,
-        stats: StreamStats,
-        detections: npt.NDArray[np.float64],
-        mask_s: float,
-        outputs_start: float,
-        start: float,
-    ) -> dict[str, Any]:
+            detections = await asyncio.to_thread(self._write_maps, prepared, prob_map)
         now = time.perf_counter()
-        try:
-            mpp: list[float] | None = [float(v) for v in slide.mpp]
-        except MissingResolutionError:
-            mpp = None
-        return {
+        report = {
             "slide": str(self.slide),
-            "level0_size": list(slide.level_dimensions[0]),
-            "mpp": mpp,
+            "level0_size": list(prepared.level0_size),
+            "reader": self.reader,
+            "resolution": prepared.resolution.to_json(),
+            "mode": config.mode,
             "mask_level": contract.MASK_LEVEL,
             "map_shape": list(mask.shape),
-            "model": {"name": info.name, "versions": list(info.versions), "url": url},
+            "map_cell_um": round(contract.PATCH_STRIDE * prepared.resolution.model_mpp, 4),
+            "tissue": {"rule": config.tissue_rule, "exclude_ink": config.exclude_ink},
+            "damaged": {
+                "regions": len(stats.damaged),
+                "cells": stats.damaged_cells,
+                "left_out": stats.damaged,
+            },
+            "model": {"name": info.name, "versions": list(info.versions)},
+            "servers": answered_delta(answered_before, transport.answered()),
             "counts": {
-                "tissue_cells": int(mask.sum()),
+                "tissue_cells": tissue_cells,
                 "patches": stats.patches,
-                "regions": regions,
+                "regions": len(regions),
+                "regions_per_request": regions_per_request,
                 "requests": stats.requests,
                 "detections": len(detections),
                 "retries": stats.retries,
                 "peak_inflight": stats.peak_inflight,
             },
             "timings_s": {
-                "mask": round(mask_s, 3),
+                "mask": round(prepared.mask_s, 3),
                 "read": round(stats.read_s, 3),
                 "serialise": round(stats.serialise_s, 3),
                 "server": round(stats.server_s, 3),
@@ -189,7 +200,7 @@ class SlideJob:
             },
             "patches_per_s": round(stats.patches / stats.wall_s, 2) if stats.wall_s else 0.0,
             "bytes_sent": stats.bytes_sent,
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mib": round(peak_rss_mib(), 1),
             "outputs": {
                 "prob_map": self.outputs.prob_map.name,
                 "tissue_mask": self.outputs.mask_png.name,
@@ -197,5 +208,35 @@ class SlideJob:
                 "detections_csv": self.outputs.csv.name,
                 "detections_geojson": self.outputs.geojson.name,
             },
-            "config": self.config.to_json(),
+            "checksums": self.outputs.checksums(),
+            "config": config.to_json(),
         }
+        write_json(self.outputs.report, report)
+        return report
+
+    def _write_maps(
+        self, prepared: Prepared, prob_map: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float64]:
+        """Write the map, heatmap and candidates; return the candidates (slide level 0)."""
+        from wsi_tumor.evaluation.nms import nms
+
+        slide, mask = prepared.slide, prepared.mask
+        write_npy(self.outputs.prob_map, prob_map)
+        view0 = slide.level_dimensions[0]
+        thumbnail = read_thumbnail(slide, heatmap_size(view0))
+        write_png(self.outputs.heatmap_png, render_overlay(thumbnail, prob_map, mask, view0))
+        detections = nms(
+            prob_map,
+            contract.MASK_LEVEL,
+            radius=self.config.nms_radius,
+            threshold=self.config.nms_threshold,
+            size=view0,
+        )
+        scale = prepared.resolution.slide_px_per_view_px
+        if scale != 1.0:  # model pixels -> the slide's own level-0 pixels
+            detections[:, 1:] = np.minimum(
+                detections[:, 1:] * scale, np.asarray(prepared.level0_size, np.float64) - 1
+            )
+        write_csv(self.outputs.csv, detections)
+        write_json(self.outputs.geojson, detections_geojson(detections))
+        return detections

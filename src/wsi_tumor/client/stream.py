@@ -3,10 +3,10 @@
 Three stages overlap:
 
 1. a pool of ``readers`` threads reads each request's regions at level 0 (one read per
-   region) and serialises the tensors (with ``endpoint="classifier"`` it first cuts the
-   FP32 patches with the tiler's own numpy code);
+   region) and serialises the tensors with the transport's endpoint;
 2. the event loop sends the request with ``tritonclient.grpc.aio`` and awaits the answer
-   (many requests are on the wire at once; transient errors are retried by the transport);
+   (many requests are on the wire at once, spread over the pool's servers; transient
+   errors are retried, on another server when there is one);
 3. the answer's k x k grids are written into the mask-level map.
 
 A semaphore of ``inflight`` permits is taken before a request is read and given back when
@@ -26,13 +26,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-import tritonclient.grpc as grpcclient
 
 from wsi_tumor import contract
+from wsi_tumor.client.endpoints import Encoded, Endpoint
 from wsi_tumor.client.grid import Region, batched, place_grid
-from wsi_tumor.client.transport import TritonTransport, make_classifier_inputs, make_inputs
-from wsi_tumor.serving.limits import MAX_PATCHES_PER_REQUEST
-from wsi_tumor.serving.tiling import tile_regions
+from wsi_tumor.client.pool import ServerPool
 from wsi_tumor.slide.base import SlideReader
 
 log = logging.getLogger(__name__)
@@ -50,13 +48,15 @@ class StreamStats:
         regions: Regions read and sent.
         requests: Requests answered.
         read_s: Reader-thread seconds spent reading regions (summed over threads).
-        serialise_s: Reader-thread seconds spent cutting patches (classifier endpoint) and
-            serialising tensors (summed over threads).
+        serialise_s: Reader-thread seconds spent building the request tensors (summed).
         bytes_sent: Tensor payload bytes sent (request inputs, without gRPC framing).
         server_s: Seconds requests spent on the wire and in the server (summed).
         wall_s: Wall-clock seconds of the whole streaming phase.
         retries: Transient failures retried.
         peak_inflight: Most requests held at once.
+        held: Requests in the window now.
+        damaged: Regions left out because tiles under them are damaged (cell position,
+            cells, what is wrong).
     """
 
     patches: int = 0
@@ -69,7 +69,22 @@ class StreamStats:
     wall_s: float = 0.0
     retries: int = 0
     peak_inflight: int = 0
-    _held: int = field(default=0, repr=False)
+    held: int = 0
+    damaged: list[dict[str, object]] = field(default_factory=list)
+
+    @property
+    def damaged_cells(self) -> int:
+        """Tissue cells left out of the map because their region's tiles are damaged."""
+        return sum(int(d["cells"]) for d in self.damaged)  # type: ignore[call-overload]
+
+    def hold(self) -> None:
+        """A request was admitted to the window."""
+        self.held += 1
+        self.peak_inflight = max(self.peak_inflight, self.held)
+
+    def release(self) -> None:
+        """A request left the window (answered or failed)."""
+        self.held -= 1
 
 
 @dataclass(frozen=True)
@@ -77,54 +92,65 @@ class ReadRequest:
     """One request, read and serialised by a reader thread.
 
     Attributes:
-        inputs: The serialised tensors.
-        cell_mask: BOOL [N, k, k] of the request's regions.
+        encoded: The serialised tensors; None when every region of it is damaged.
+        cell_mask: BOOL [N, k, k] of the request's regions (all False for a damaged one).
         read_s: Seconds reading the regions.
-        serialise_s: Seconds cutting patches (classifier endpoint) and serialising.
-        nbytes: Tensor payload bytes.
+        serialise_s: Seconds building the tensors.
+        damaged: Per region left out: its position, tissue cells and the tile problems.
     """
 
-    inputs: list[grpcclient.InferInput]
+    encoded: Encoded | None
     cell_mask: npt.NDArray[np.bool_]
     read_s: float
     serialise_s: float
-    nbytes: int
+    damaged: list[dict[str, object]]
 
 
-def read_request(
-    slide: SlideReader, regions: Sequence[Region], endpoint: str = "detector"
-) -> ReadRequest:
-    """Read the regions of one request at level 0 and serialise its tensors.
+def read_request(slide: SlideReader, regions: Sequence[Region], endpoint: Endpoint) -> ReadRequest:
+    """Read the regions of one request at level 0 and serialise them with ``endpoint``.
 
     Args:
         slide: An open slide.
         regions: The request's regions (same k).
-        endpoint: ``detector``: regions + cell mask; ``classifier``: the FP32 patches of the
-            true cells, cut by :func:`wsi_tumor.serving.tiling.tile_regions` as the tiler does.
+        endpoint: Builds the request's tensors.
     """
     start = time.perf_counter()
     k = regions[0].cells
     side = contract.region_size(k)
-    pixels = np.empty((len(regions), side, side, contract.CHANNELS), dtype=np.uint8)
-    for i, region in enumerate(regions):
-        pixels[i] = slide.read_region(region.origin, region.size, contract.INFERENCE_LEVEL)
+    pixels = np.zeros((len(regions), side, side, contract.CHANNELS), dtype=np.uint8)
     masks = np.stack([region.cell_mask for region in regions])
+    damaged: list[dict[str, object]] = []
+    for i, region in enumerate(regions):
+        problems = slide.damage(region.origin, region.size, contract.INFERENCE_LEVEL)
+        if problems:
+            log.warning(
+                "%s: region at cell (%d, %d) left out: %s",
+                slide.path,
+                region.col0,
+                region.row0,
+                "; ".join(problems[:3]),
+            )
+            damaged.append(
+                {
+                    "col": region.col0,
+                    "row": region.row0,
+                    "cells": region.patches,
+                    "problems": problems[:3],
+                }
+            )
+            masks[i] = False
+            continue
+        pixels[i] = slide.read_region(region.origin, region.size, contract.INFERENCE_LEVEL)
     read = time.perf_counter()
-    if endpoint == "classifier":
-        patches = tile_regions(pixels, masks, max(MAX_PATCHES_PER_REQUEST, masks.size))
-        inputs = make_classifier_inputs(patches)
-        nbytes = patches.nbytes
-    else:
-        inputs = make_inputs(pixels, masks)
-        nbytes = pixels.nbytes + masks.nbytes
-    return ReadRequest(inputs, masks, read - start, time.perf_counter() - read, nbytes)
+    encoded = endpoint.encode(pixels, masks) if masks.any() else None
+    return ReadRequest(encoded, masks, read - start, time.perf_counter() - read, damaged)
 
 
 async def stream_slide(
     slide: SlideReader,
     regions: Sequence[Region],
     map_shape: tuple[int, int],
-    transport: TritonTransport,
+    transport: ServerPool,
     *,
     readers: int,
     inflight: int,
@@ -137,7 +163,7 @@ async def stream_slide(
         slide: An open slide (``read_region`` must be thread-safe).
         regions: The slide's regions (see :func:`wsi_tumor.client.grid.plan_regions`).
         map_shape: (rows, cols) of the mask-level map.
-        transport: Connected, checked transport.
+        transport: The started server pool.
         readers: Reader threads.
         inflight: Requests held at once (reading or on the wire).
         regions_per_request: Regions per request.
@@ -163,27 +189,27 @@ async def stream_slide(
             request = await loop.run_in_executor(pool, read_request, slide, batch, endpoint)
             stats.read_s += request.read_s
             stats.serialise_s += request.serialise_s
-            stats.bytes_sent += request.nbytes
-            sent = time.perf_counter()
-            grids = await transport.infer(
-                request.inputs, len(batch), batch[0].cells, request.cell_mask
-            )
-            stats.server_s += time.perf_counter() - sent
+            stats.damaged += request.damaged
+            patches = int(np.count_nonzero(request.cell_mask))
+            if request.encoded is not None:
+                stats.bytes_sent += request.encoded.nbytes
+                sent = time.perf_counter()
+                grids = await transport.infer(request.encoded, request.cell_mask)
+                stats.server_s += time.perf_counter() - sent
+                for region, grid, mask in zip(batch, grids, request.cell_mask, strict=True):
+                    if mask.any():
+                        place_grid(prob_map, region, grid)
+                stats.requests += 1
             del request
-            patches = 0
-            for region, grid in zip(batch, grids, strict=True):
-                place_grid(prob_map, region, grid)
-                patches += region.patches
             stats.patches += patches
             stats.regions += len(batch)
-            stats.requests += 1
             log.debug(
                 "request %d done: %d regions, %d patches", stats.requests, len(batch), patches
             )
             if progress is not None:
                 progress(patches)
         finally:
-            stats._held -= 1
+            stats.release()
             window.release()
 
     with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="wsi-read") as pool:
@@ -191,8 +217,7 @@ async def stream_slide(
             async with asyncio.TaskGroup() as group:
                 for batch in batched(regions, regions_per_request):
                     await window.acquire()
-                    stats._held += 1
-                    stats.peak_inflight = max(stats.peak_inflight, stats._held)
+                    stats.hold()
                     group.create_task(one_request(batch))
         except BaseExceptionGroup as group_error:
             # Surface the first real failure (the others are its cancellations).

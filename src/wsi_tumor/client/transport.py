@@ -1,12 +1,12 @@
-"""gRPC transport to the ``tumor_detector`` ensemble: metadata check, requests, retries.
+"""gRPC connection to one Triton server: metadata check, single requests.
 
-With ``endpoint="classifier"`` the same transport talks to ``tumor_classifier`` instead:
-the client sends FP32 patches it cut itself and scatters the probabilities into grids.
-
-Built on ``tritonclient.grpc.aio`` so that many requests are on the wire at once from one
-event loop. Transient failures (server unavailable, connection refused or reset, deadline
-exceeded) are retried with exponential backoff for up to ``retry_timeout`` seconds per
-request; anything else (a malformed request, a server-side model error) fails at once. The
+The transport holds the served :class:`~wsi_tumor.client.endpoints.Endpoint` (which model,
+which tensors, how an answer becomes grids) and knows nothing of modes. Built on
+``tritonclient.grpc.aio`` so that many requests are on the wire at once from one event
+loop. The model check retries transient failures (server unavailable, connection refused
+or reset, deadline exceeded) with exponential backoff for up to ``retry_timeout`` seconds;
+inference requests are sent once (:meth:`TritonTransport.infer_once`) and the
+:class:`~wsi_tumor.client.pool.ServerPool` retries them, on this server or another. The
 channel reconnects quickly (at most every ``MAX_RECONNECT_BACKOFF_MS``) so that a restarted
 server is found again soon after it listens.
 """
@@ -17,7 +17,7 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,8 +27,8 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from wsi_tumor import contract
+from wsi_tumor.client.endpoints import Encoded, Endpoint
 from wsi_tumor.errors import ModelMismatchError, ServerError, ServerUnavailableError
-from wsi_tumor.serving.tiling import assemble_grid
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +81,38 @@ class ModelInfo:
         versions: Versions the server reports.
         max_batch_size: The ensemble's ``max_batch_size`` (0: no batch dimension).
         max_regions: Most regions one request may carry (None: no limit from the config).
+        parameters: The model config's string parameters (e.g. ``model_mpp``).
     """
 
     name: str
     versions: tuple[str, ...]
     max_batch_size: int
     max_regions: int | None
+    parameters: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def model_mpp(self) -> float:
+        """Microns per pixel the served model expects (its ``model_mpp`` parameter).
+
+        A repository without the parameter (exported before it existed) is taken to be
+        CAMELYON16-trained, ``contract.MODEL_MPP``.
+        """
+        value = self.parameters.get(contract.MODEL_MPP_PARAMETER)
+        if not value:
+            log.warning(
+                "model %s states no %s parameter; assuming %s um/px",
+                self.name,
+                contract.MODEL_MPP_PARAMETER,
+                contract.MODEL_MPP,
+            )
+            return contract.MODEL_MPP
+        try:
+            return float(value)
+        except ValueError:
+            raise ModelMismatchError(
+                f"model {self.name!r}: parameter {contract.MODEL_MPP_PARAMETER} = {value!r} "
+                "is not a number"
+            ) from None
 
 
 def _channel_args() -> list[tuple[str, Any]]:
@@ -101,29 +127,6 @@ def _channel_args() -> list[tuple[str, Any]]:
     ]
 
 
-def make_inputs(
-    regions: npt.NDArray[np.uint8], cell_mask: npt.NDArray[np.bool_]
-) -> list[grpcclient.InferInput]:
-    """Serialise one request's tensors (thread-safe; called from the reader threads).
-
-    Args:
-        regions: UINT8 [N, H, W, 3].
-        cell_mask: BOOL [N, k, k].
-    """
-    image = grpcclient.InferInput(contract.REGIONS_TENSOR, list(regions.shape), "UINT8")
-    image.set_data_from_numpy(regions)
-    mask = grpcclient.InferInput(contract.CELL_MASK_TENSOR, list(cell_mask.shape), "BOOL")
-    mask.set_data_from_numpy(cell_mask)
-    return [image, mask]
-
-
-def make_classifier_inputs(patches: npt.NDArray[np.float32]) -> list[grpcclient.InferInput]:
-    """Serialise one ``tumor_classifier`` request: FP32 patches [P, 3, 224, 224]."""
-    tensor = grpcclient.InferInput(contract.PATCHES_TENSOR, list(patches.shape), "FP32")
-    tensor.set_data_from_numpy(patches)
-    return [tensor]
-
-
 def _dims(shape: list[Any]) -> list[int]:
     return [int(dim) for dim in shape]
 
@@ -133,9 +136,7 @@ class TritonTransport:
 
     Args:
         url: ``host:port`` of the gRPC endpoint.
-        model_name: The model to call (the ensemble, or the classifier for ``classifier``).
-        endpoint: ``detector`` (regions in, grids out) or ``classifier`` (patches in,
-            probabilities out, scattered into grids here).
+        endpoint: The served endpoint (model, tensors, decoding).
         retry_timeout: Seconds a call keeps retrying transient errors.
         request_timeout: Client-side deadline of one call in seconds.
     """
@@ -143,21 +144,19 @@ class TritonTransport:
     def __init__(
         self,
         url: str,
-        model_name: str = contract.ENSEMBLE_MODEL,
+        endpoint: Endpoint,
         retry_timeout: float = 120.0,
         request_timeout: float = 600.0,
-        endpoint: str = "detector",
     ) -> None:
         self.url = url
-        self.model_name = model_name
         self.endpoint = endpoint
+        self.model_name = endpoint.model_name
         self.retry_timeout = retry_timeout
         self.request_timeout = request_timeout
         self.retries = 0
         self._model_checked = False
         self._client = grpcaio.InferenceServerClient(url, channel_args=_channel_args())
-        output = contract.PROBABILITIES_TENSOR if endpoint == "classifier" else contract.GRID_TENSOR
-        self._outputs = [grpcclient.InferRequestedOutput(output)]
+        self._outputs = [grpcclient.InferRequestedOutput(endpoint.output_name)]
 
     async def close(self) -> None:
         """Close the channel."""
@@ -203,12 +202,19 @@ class TritonTransport:
         async def ready() -> bool:
             if await self._client.is_model_ready(self.model_name, client_timeout=10):
                 return True
-            index = await self._client.get_model_repository_index(as_json=True)
-            names = sorted({str(model.get("name")) for model in index.get("models", [])})
-            if self.model_name not in names:
-                raise ModelMismatchError(
-                    f"{self.url}: the server has no model {self.model_name!r} (it serves {names})"
-                )
+            try:
+                index = await self._client.get_model_repository_index(as_json=True)
+            except InferenceServerException as exc:
+                if "restricted" not in str(exc).lower():
+                    raise
+                await self._client.get_model_metadata(self.model_name)  # NOT_FOUND: unknown
+            else:
+                names = sorted({str(model.get("name")) for model in index.get("models", [])})
+                if self.model_name not in names:
+                    raise ModelMismatchError(
+                        f"{self.url}: the server has no model {self.model_name!r} "
+                        f"(it serves {names})"
+                    )
             raise InferenceServerException(
                 f"model {self.model_name!r} is not ready", status="StatusCode.UNAVAILABLE"
             )
@@ -238,107 +244,62 @@ class TritonTransport:
         )
         config = config.get("config", config)
         max_batch = int(config.get("max_batch_size", 0) or 0)
-        side = contract.region_size(cells)
-        expected_inputs: dict[str, tuple[str, list[int | None]]]
-        if self.endpoint == "classifier":
-            patch = [contract.CHANNELS, contract.PATCH_SIZE, contract.PATCH_SIZE]
-            expected_inputs = {contract.PATCHES_TENSOR: ("FP32", [None, *patch])}
-            expected_outputs = {contract.PROBABILITIES_TENSOR: ("FP32", [None, 1])}
-        else:
-            expected_inputs = {
-                contract.REGIONS_TENSOR: ("UINT8", [None, side, side, contract.CHANNELS]),
-                contract.CELL_MASK_TENSOR: ("BOOL", [None, cells, cells]),
-            }
-            expected_outputs = {contract.GRID_TENSOR: ("FP32", [None, cells, cells])}
-        problems = _compare("input", meta.get("inputs", []), expected_inputs, exact=True)
-        problems += _compare("output", meta.get("outputs", []), expected_outputs, exact=False)
+        problems = _compare(
+            "input", meta.get("inputs", []), self.endpoint.expected_inputs(cells), exact=True
+        )
+        problems += _compare(
+            "output", meta.get("outputs", []), self.endpoint.expected_outputs(cells), exact=False
+        )
         if problems:
             raise ModelMismatchError(
                 f"{self.url}: model {self.model_name!r} does not match the client's contract: "
                 + "; ".join(problems)
             )
-        batch_dims = [_dims(t["shape"])[0] for t in meta["inputs"]]
-        fixed = [dim for dim in batch_dims if dim > 0]
-        max_regions = max_batch if max_batch > 0 else (min(fixed) if fixed else None)
-        if self.endpoint == "classifier":
-            # One request carries the patches of whole regions: at most max_batch patches.
-            if max_batch < cells * cells:
-                raise ModelMismatchError(
-                    f"{self.url}: model {self.model_name!r} takes at most {max_batch} patches "
-                    f"per request, fewer than one region of k = {cells} holds ({cells * cells})"
-                )
-            max_regions = max_batch // (cells * cells)
+        try:
+            max_regions = self.endpoint.regions_limit(cells, max_batch)
+        except ServerError as exc:
+            raise ModelMismatchError(f"{self.url}: model {self.model_name!r}: {exc}") from None
+        parameters = {
+            str(key): str(value.get("string_value", ""))
+            for key, value in config.get("parameters", {}).items()
+        }
         info = ModelInfo(
             name=str(meta.get("name", self.model_name)),
             versions=tuple(str(v) for v in meta.get("versions", [])),
             max_batch_size=max_batch,
             max_regions=max_regions,
+            parameters=parameters,
         )
         log.info("server %s: model %s versions %s matches", self.url, info.name, info.versions)
         self._model_checked = True
         return info
 
-    async def infer(
-        self,
-        inputs: list[grpcclient.InferInput],
-        regions: int,
-        cells: int,
-        cell_mask: npt.NDArray[np.bool_] | None = None,
+    def transient(self, exc: InferenceServerException) -> bool:
+        """Whether ``exc`` from this server is worth a retry (see :func:`is_transient`)."""
+        return is_transient(exc, self._model_checked)
+
+    async def infer_once(
+        self, request: Encoded, cell_mask: npt.NDArray[np.bool_]
     ) -> npt.NDArray[np.float32]:
-        """Send one request (retrying transient errors) and return its grids [N, k, k].
+        """Send one request once and return its grids [N, k, k] (retries: the pool's job).
 
         Args:
-            inputs: From :func:`make_inputs` (detector) or :func:`make_classifier_inputs`.
-            regions: N, the regions of the request.
-            cells: k.
-            cell_mask: BOOL [N, k, k]; needed by the classifier endpoint to place the
-                probabilities of the patches (in the tiler's row-major order).
+            request: The tensors from the endpoint's ``encode``.
+            cell_mask: BOOL [N, k, k] of the request's regions.
 
         Raises:
-            ServerError: on a non-transient error, retries exhausted, or an output of the
-                wrong shape (e.g. an empty tensor from a misconfigured backend).
+            InferenceServerException: the call failed (:meth:`transient` says whether a
+                retry, here or on another server, can cure it).
+            ServerError: the answer has the wrong shape (e.g. an empty tensor from a
+                misconfigured backend).
         """
-
-        async def call() -> Any:
-            return await self._client.infer(
-                self.model_name,
-                inputs,
-                outputs=self._outputs,
-                client_timeout=self.request_timeout,
-            )
-
-        result = await self._retrying(f"inference on {regions} regions", call)
-        if self.endpoint == "classifier":
-            return self._grids_from_probabilities(result, regions, cells, cell_mask)
-        grid = result.as_numpy(contract.GRID_TENSOR)
-        if grid is None or grid.shape != (regions, cells, cells):
-            shape = None if grid is None else grid.shape
-            raise ServerError(
-                f"{self.url}: {contract.GRID_TENSOR} has shape {shape}, expected "
-                f"{(regions, cells, cells)} (an empty tensor means numpy>=2 in the server's "
-                "Python-backend environment)"
-            )
-        return np.asarray(grid, dtype=np.float32)
-
-    def _grids_from_probabilities(
-        self,
-        result: Any,
-        regions: int,
-        cells: int,
-        cell_mask: npt.NDArray[np.bool_] | None,
-    ) -> npt.NDArray[np.float32]:
-        if cell_mask is None or cell_mask.shape != (regions, cells, cells):
-            raise ServerError(f"{self.url}: the classifier endpoint needs the [N, k, k] cell mask")
-        probabilities = result.as_numpy(contract.PROBABILITIES_TENSOR)
-        expected = (int(np.count_nonzero(cell_mask)), 1)
-        if probabilities is None or probabilities.shape != expected:
-            shape = None if probabilities is None else probabilities.shape
-            raise ServerError(
-                f"{self.url}: {contract.PROBABILITIES_TENSOR} has shape {shape}, expected "
-                f"{expected} (an empty tensor means numpy>=2 in the server's Python-backend "
-                "environment)"
-            )
-        return assemble_grid(np.asarray(probabilities, dtype=np.float32), cell_mask)
+        result = await self._client.infer(
+            self.model_name,
+            request.inputs,
+            outputs=self._outputs,
+            client_timeout=self.request_timeout,
+        )
+        return self.endpoint.decode(result, cell_mask, self.url)
 
 
 def _compare(

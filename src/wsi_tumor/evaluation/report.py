@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from pathlib import Path
@@ -11,8 +10,10 @@ from typing import Any
 
 from wsi_tumor.evaluation.evaluate import FrocReport
 from wsi_tumor.evaluation.nms import write_detections
+from wsi_tumor.evaluation.slide_level import SlideLevel
+from wsi_tumor.fileio import atomic_path, write_json, write_text
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def _fp_key(rate: float) -> str:
@@ -93,14 +94,44 @@ def write_curve_png(path: Path, report: FrocReport) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
 
 
-def write_report(out_dir: str | Path, report: FrocReport) -> dict[str, Path]:
+def write_roc(out: Path, slide_level: SlideLevel) -> dict[str, Path]:
+    """``roc_curve.csv`` (fpr, tpr) and ``roc_curve.png`` of the slide-level task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    paths = {"roc_csv": out / "roc_curve.csv", "roc_png": out / "roc_curve.png"}
+    rows = "".join(f"{f!r},{t!r}\n" for f, t in zip(slide_level.fpr, slide_level.tpr, strict=True))
+    write_text(paths["roc_csv"], "fpr,tpr\n" + rows)
+    fig = Figure(figsize=(4.5, 4.5), dpi=100)
+    ax = fig.add_subplot()
+    ax.plot(slide_level.fpr, slide_level.tpr, "-", color="black", drawstyle="default")
+    ax.plot([0, 1], [0, 1], ":", color="gray")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("False positive rate (normal slides)")
+    ax.set_ylabel("True positive rate (tumour slides)")
+    ax.set_title(f"Slide-level ROC ({slide_level.score_rule}), AUC {slide_level.auc:.4f}")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(paths["roc_png"]) as temporary:
+        fig.savefig(temporary, format="png")
+    return paths
+
+
+def write_report(
+    out_dir: str | Path, report: FrocReport, slide_level: SlideLevel | None = None
+) -> dict[str, Path]:
     """Write every output under ``out_dir`` (created if needed).
 
-    Writes ``froc.json``, ``froc_curve.csv``, ``froc_curve.png`` and, when detections came
-    from probability maps, ``detections/<slide>.csv`` (what NMS produced).
+    Writes ``froc.json``, ``froc_curve.csv``, ``froc_curve.png``, with ``slide_level`` also
+    ``roc_curve.csv`` and ``roc_curve.png`` (and a ``slide_level`` block in the JSON), and,
+    when detections came from probability maps, ``detections/<slide>.csv`` (what NMS
+    produced).
 
     Returns:
         Name -> path of each file written.
@@ -112,13 +143,19 @@ def write_report(out_dir: str | Path, report: FrocReport) -> dict[str, Path]:
         "csv": out / "froc_curve.csv",
         "png": out / "froc_curve.png",
     }
-    paths["json"].write_text(json.dumps(report_dict(report), indent=2) + "\n", encoding="utf-8")
-    write_curve_csv(paths["csv"], report)
-    write_curve_png(paths["png"], report)
+    data = report_dict(report)
+    if slide_level is not None:
+        data["slide_level"] = slide_level.to_json()
+        paths.update(write_roc(out, slide_level))
+    with atomic_path(paths["csv"]) as temporary:
+        write_curve_csv(temporary, report)
+    with atomic_path(paths["png"]) as temporary:
+        write_curve_png(temporary, report)
+    write_json(paths["json"], data)
     if report.config.map_level is not None:
         det_dir = out / "detections"
         det_dir.mkdir(exist_ok=True)
         for slide, det in report.detections.items():
             write_detections(det_dir / f"{slide}.csv", det)
-    logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return paths

@@ -10,9 +10,14 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
+
+import numpy as np
+import numpy.typing as npt
 
 from wsi_tumor import contract
-from wsi_tumor.errors import ConfigError, WsiTumorError, report_error
+from wsi_tumor.commandline import EXIT_OK, add_logging_flags, make_parser, run_command
+from wsi_tumor.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +48,13 @@ class ExportResult:
     plan_path: Path | None
     exporter: str
     onnx_max_diff: float
+    dense_max_diff: float
     plan_max_diff: float | None
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``wsi-export``."""
-    parser = argparse.ArgumentParser(prog="wsi-export", description=__doc__)
+    parser = make_parser("wsi-export", __doc__)
     parser.add_argument(
         "--checkpoint",
         type=Path,
@@ -61,13 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=("fp32", "fp16", "int8"),
         default="fp32",
-        help="TensorRT precision (ONNX is always fp32)",
+        help="TensorRT precision (ONNX is always fp32; the dense plan is at most fp16)",
     )
     parser.add_argument(
         "--runtime",
         default="auto",
         choices=("auto", "onnxruntime", "tensorrt", "python-onnxruntime"),
-        help="classifier runtime; auto: python-onnxruntime when the local "
+        help="network runtime; auto: python-onnxruntime when the local "
         "server has no onnxruntime backend",
     )
     parser.add_argument(
@@ -84,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="max |probability diff|: default 1e-4 ONNX vs torch; TensorRT vs "
         "ONNX 1e-3 fp32, 1e-2 fp16, 5e-2 int8",
     )
-    parser.add_argument("--quiet", action="store_true")
+    add_logging_flags(parser, verbose=False)
     return parser
 
 
@@ -115,18 +121,19 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
 def run_export(config: ExportConfig) -> ExportResult:
     """Export, check and write the repository as ``config`` says.
 
-    The weights are built and checked in a staging folder beside the repository and moved
-    into it only once every check passed, so a failed export never leaves an unchecked model
-    where the server would load it.
+    Both networks are exported: the patch classifier (``tumor_classifier``, the exact mode's
+    ensemble step) and the dense whole-region model (``tumor_detector_dense``). The weights
+    are built and checked in a staging folder beside the repository and moved into it only
+    once every check passed, so a failed export never leaves an unchecked model where the
+    server would load it.
 
     Raises:
         CheckpointError: unreadable or foreign checkpoint.
         ExportError: parity above tolerance, TensorRT/GPU missing, export failure.
     """
     from wsi_tumor.export import parity
-    from wsi_tumor.export.checkpoint import load_model
-    from wsi_tumor.export.onnx_export import export_onnx
-    from wsi_tumor.serving.limits import MAX_PATCHES_PER_REQUEST
+    from wsi_tumor.export.onnx_export import export_dense_onnx, export_onnx
+    from wsi_tumor.models.checkpoint import load_model
     from wsi_tumor.serving.repository import (
         ONNX_FILE,
         PLAN_FILE,
@@ -143,64 +150,129 @@ def run_export(config: ExportConfig) -> ExportResult:
     model = load_model(config.checkpoint)
     repository = config.repository.resolve()
     repository.mkdir(parents=True, exist_ok=True)
-    version_dir = repository / contract.CLASSIFIER_MODEL / VERSION
+    onnx_tol = (config.tolerance if config.format == "onnx" else None) or parity.FP32_TOLERANCE
     # Staged beside (not inside) the repository: Triton would take a folder in it for a model.
     with tempfile.TemporaryDirectory(prefix=".wsi-export-", dir=repository.parent) as tmp:
         staged = Path(tmp)
-        exporter = export_onnx(model, staged / ONNX_FILE)
+        classifier, dense = staged / contract.CLASSIFIER_MODEL, staged / contract.DENSE_MODEL
+        exporter = export_onnx(model, classifier / ONNX_FILE)
+        export_dense_onnx(model, dense / ONNX_FILE)
         inputs = parity.to_network_input(
             parity.sample_patches(config.parity_slide, config.parity_patches)
         )
-        onnx_probs = parity.onnx_probabilities(staged / ONNX_FILE, inputs)
-        torch_probs = parity.torch_probabilities(model, inputs)
-        onnx_tol = config.tolerance if config.format == "onnx" and config.tolerance else None
+        onnx_probs = parity.onnx_probabilities(classifier / ONNX_FILE, inputs)
         onnx_diff = parity.check_parity(
-            torch_probs, onnx_probs, onnx_tol or parity.FP32_TOLERANCE, "ONNX Runtime vs PyTorch"
+            parity.torch_probabilities(model, inputs),
+            onnx_probs,
+            onnx_tol,
+            "ONNX Runtime vs PyTorch (classifier)",
+        )
+        regions = parity.sample_regions(config.parity_slide, max(2, config.parity_patches // 8))
+        dense_diff = max(
+            parity.check_parity(
+                parity.torch_dense(model, pixels, mask),
+                parity.onnx_dense(dense / ONNX_FILE, pixels, mask),
+                onnx_tol,
+                f"ONNX Runtime vs PyTorch (dense, k = {mask.shape[1]})",
+            )
+            for pixels, mask in regions
         )
         plan_diff = None
         if config.format == "tensorrt":
-            from wsi_tumor.export.tensorrt_build import build_plan, plan_probabilities
-
-            calibration = None
-            if config.precision == "int8":
-                calibration = parity.to_network_input(
-                    parity.sample_patches(config.parity_slide, CALIBRATION_PATCHES, seed=1)
-                )
-            build_plan(
-                staged / ONNX_FILE,
-                staged / PLAN_FILE,
-                config.precision,  # type: ignore[arg-type]
-                MAX_PATCHES_PER_REQUEST,
-                calibration=calibration,
-            )
-            tolerance = config.tolerance or parity.TENSORRT_TOLERANCE[config.precision]
-            plan_diff = parity.check_parity(
-                onnx_probs,
-                plan_probabilities(staged / PLAN_FILE, inputs),
-                tolerance,
-                f"TensorRT {config.precision} vs ONNX Runtime",
-            )
-        version_dir.mkdir(parents=True, exist_ok=True)
-        for weights in sorted(staged.iterdir()):
-            os.replace(weights, version_dir / weights.name)
+            plan_diff = _build_plans(config, staged, inputs, onnx_probs, regions)
+        for model_dir in (classifier, dense):
+            version_dir = repository / model_dir.name / VERSION
+            version_dir.mkdir(parents=True, exist_ok=True)
+            for weights in sorted(model_dir.iterdir()):
+                os.replace(weights, version_dir / weights.name)
     write_repository(repository, runtime)
+    version_dir = repository / contract.CLASSIFIER_MODEL / VERSION
     plan_path = version_dir / PLAN_FILE if config.format == "tensorrt" else None
-    return ExportResult(runtime, version_dir / ONNX_FILE, plan_path, exporter, onnx_diff, plan_diff)
+    return ExportResult(
+        runtime, version_dir / ONNX_FILE, plan_path, exporter, onnx_diff, dense_diff, plan_diff
+    )
+
+
+def _build_plans(
+    config: ExportConfig,
+    staged: Path,
+    inputs: npt.NDArray[np.float32],
+    onnx_probs: npt.NDArray[np.float32],
+    regions: list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]],
+) -> float:
+    """Build and check both TensorRT plans in ``staged``; return the worst |diff|."""
+    from wsi_tumor.export import parity
+    from wsi_tumor.export.tensorrt_build import (
+        Precision,
+        build_plan,
+        classifier_profile,
+        dense_profile,
+        run_plan,
+    )
+    from wsi_tumor.serving.limits import DENSE_MAX_REGIONS, MAX_PATCHES_PER_REQUEST
+    from wsi_tumor.serving.repository import ONNX_FILE, PLAN_FILE
+
+    classifier, dense = staged / contract.CLASSIFIER_MODEL, staged / contract.DENSE_MODEL
+    precision = cast(Precision, config.precision)
+    calibration = None
+    if precision == "int8":
+        calibration = parity.to_network_input(
+            parity.sample_patches(config.parity_slide, CALIBRATION_PATCHES, seed=1)
+        )
+    build_plan(
+        classifier / ONNX_FILE,
+        classifier / PLAN_FILE,
+        precision,
+        classifier_profile(MAX_PATCHES_PER_REQUEST),
+        calibration=calibration,
+    )
+    dense_precision: Precision = "fp16" if precision == "int8" else precision
+    if dense_precision != precision:
+        log.info("the dense plan is built in fp16 (INT8 calibration covers the classifier)")
+    build_plan(
+        dense / ONNX_FILE, dense / PLAN_FILE, dense_precision, dense_profile(DENSE_MAX_REGIONS)
+    )
+    tolerance = config.tolerance or parity.TENSORRT_TOLERANCE[config.precision]
+    diffs = [
+        parity.check_parity(
+            onnx_probs,
+            run_plan(
+                classifier / PLAN_FILE,
+                {contract.PATCHES_TENSOR: inputs},
+                contract.PROBABILITIES_TENSOR,
+                (1,),
+            ),
+            tolerance,
+            f"TensorRT {config.precision} vs ONNX Runtime (classifier)",
+        )
+    ]
+    for pixels, mask in regions:
+        cells = mask.shape[1]
+        diffs.append(
+            parity.check_parity(
+                parity.onnx_dense(dense / ONNX_FILE, pixels, mask),
+                run_plan(
+                    dense / PLAN_FILE,
+                    {contract.REGIONS_TENSOR: pixels, contract.CELL_MASK_TENSOR: mask},
+                    contract.GRID_TENSOR,
+                    (cells, cells),
+                ),
+                tolerance,
+                f"TensorRT {dense_precision} vs ONNX Runtime (dense, k = {cells})",
+            )
+        )
+    return max(diffs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``wsi-export`` and ``export/export_onnx.py``; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        config = config_from_args(args)
-        result = run_export(config)
-    except WsiTumorError as exc:
-        return report_error("wsi-export", exc)
+    return run_command("wsi-export", build_parser(), _export, argv)
+
+
+def _export(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    result = run_export(config)
     summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
     summary["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
     log.info("export done: %s", json.dumps(summary))
-    return 0
+    return EXIT_OK

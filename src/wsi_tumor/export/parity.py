@@ -15,6 +15,7 @@ from wsi_tumor import contract
 from wsi_tumor.data.samples import REAL_HE
 from wsi_tumor.errors import ExportError, SlideError
 from wsi_tumor.export.onnx_export import ProbabilityHead
+from wsi_tumor.models.resnet_fcn import TumorResNetFCN
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,9 @@ def _read_level0(path: Path) -> npt.NDArray[np.uint8]:
 
 
 def sample_patches(
-    path: Path | None = None, count: int = 32, seed: int = 0
+    path: Path | None = None, count: int = 32, seed: int = 0, size: int = contract.PATCH_SIZE
 ) -> npt.NDArray[np.uint8]:
-    """Read ``count`` uint8 patches [count, 224, 224, 3] at random places of a slide.
+    """Read ``count`` uint8 squares [count, size, size, 3] (patches) at random places.
 
     Uses ``wsi_tumor.slide.open_slide``; when that fails (e.g. no reader backend) reads
     the image's level 0 with tifffile. ``path=None`` means :data:`DEFAULT_PARITY_IMAGE`.
@@ -63,7 +64,7 @@ def sample_patches(
     if not path.is_file():
         raise ExportError(f"{path}: parity image does not exist (pass --parity-slide)")
     try:
-        patches = _sample_with_reader(path, count, seed)
+        patches = _sample_with_reader(path, count, seed, size)
     except SlideError as exc:
         log.warning("%s: slide reader failed (%s); reading level 0 with tifffile", path, exc)
         image = _read_level0(path)
@@ -74,18 +75,25 @@ def sample_patches(
             seed,
             path,
             lambda x, y, s: image[y : y + s, x : x + s],
+            size,
         )
     log.info("read %d parity patches from %s", count, path)
     return patches
 
 
-def _sample_with_reader(path: Path, count: int, seed: int) -> npt.NDArray[np.uint8]:
+def _sample_with_reader(path: Path, count: int, seed: int, size: int) -> npt.NDArray[np.uint8]:
     from wsi_tumor.slide import open_slide
 
     with open_slide(path) as reader:
         width, height = reader.level_dimensions[0]
         return _sample(
-            width, height, count, seed, path, lambda x, y, s: reader.read_region((x, y), (s, s), 0)
+            width,
+            height,
+            count,
+            seed,
+            path,
+            lambda x, y, s: reader.read_region((x, y), (s, s), 0),
+            size,
         )
 
 
@@ -96,10 +104,10 @@ def _sample(
     seed: int,
     path: Path,
     read: Callable[[int, int, int], npt.NDArray[np.uint8]],
+    size: int,
 ) -> npt.NDArray[np.uint8]:
-    size = contract.PATCH_SIZE
     if width < size or height < size:
-        raise ExportError(f"{path}: {width} x {height} px is smaller than one {size} px patch")
+        raise ExportError(f"{path}: {width} x {height} px is smaller than one {size} px square")
     rng = np.random.default_rng(seed)
     xs = rng.integers(0, width - size + 1, count)
     ys = rng.integers(0, height - size + 1, count)
@@ -139,6 +147,45 @@ def onnx_probabilities(
         for s in range(0, len(inputs), batch)
     ]
     return np.concatenate(outs).astype(np.float32)
+
+
+PARITY_REGION_CELLS: Final = (contract.DENSE_MIN_CELLS, 8)
+"""k of the regions the dense model's parity is checked on (both fit the real sample)."""
+
+
+def sample_regions(
+    path: Path | None, count: int, seed: int = 0
+) -> list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]]:
+    """Dense-model parity inputs: for each k of :data:`PARITY_REGION_CELLS`, ``count`` real
+    regions [N, H, W, 3] and a random cell mask [N, k, k] (about 70 % true)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for cells in PARITY_REGION_CELLS:
+        regions = sample_patches(path, count, seed, contract.region_size(cells))
+        out.append((regions, rng.random((count, cells, cells)) < 0.7))
+    return out
+
+
+def torch_dense(
+    model: TumorResNetFCN, regions: npt.NDArray[np.uint8], mask: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float32]:
+    """The dense grid [N, k, k] of PyTorch's fully convolutional pass, on the CPU."""
+    from wsi_tumor.models.dense import DenseTumorNet
+
+    with torch.no_grad():
+        grid = DenseTumorNet(model).eval()(torch.from_numpy(regions), torch.from_numpy(mask))
+    return grid.numpy().astype(np.float32)
+
+
+def onnx_dense(
+    onnx_path: Path, regions: npt.NDArray[np.uint8], mask: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float32]:
+    """The dense grid [N, k, k] of the exported graph under ONNX Runtime's CPU provider."""
+    from wsi_tumor.serving.onnx_session import build_session
+
+    feed = {contract.REGIONS_TENSOR: regions, contract.CELL_MASK_TENSOR: mask}
+    (grid,) = build_session(onnx_path).run([contract.GRID_TENSOR], feed)
+    return np.asarray(grid, np.float32)
 
 
 def check_parity(

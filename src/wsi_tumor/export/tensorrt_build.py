@@ -73,23 +73,55 @@ def _calibrator_class(trt: Any) -> type:
     return PatchCalibrator
 
 
+Shape = tuple[int, ...]
+Profile = dict[str, tuple[Shape, Shape, Shape]]
+"""Per input: the (min, opt, max) shapes of one optimisation profile."""
+
+
+def classifier_profile(max_batch: int, opt_batch: int = 64) -> Profile:
+    """The classifier's profile: batches of 1..``max_batch`` patches."""
+    shape = (contract.CHANNELS, contract.PATCH_SIZE, contract.PATCH_SIZE)
+    opt = min(opt_batch, max_batch)
+    return {contract.PATCHES_TENSOR: ((1, *shape), (opt, *shape), (max_batch, *shape))}
+
+
+def dense_profile(max_regions: int, opt_cells: int = contract.DENSE_REGION_CELLS) -> Profile:
+    """The dense model's profile: 1..``max_regions`` regions of k from the contract's range."""
+    low, high = contract.DENSE_MIN_CELLS, contract.DENSE_MAX_CELLS
+    opt_regions = max(1, max_regions // 4)
+
+    def shapes(cells: int, regions: int) -> tuple[Shape, Shape]:
+        side = contract.region_size(cells)
+        return (regions, side, side, contract.CHANNELS), (regions, cells, cells)
+
+    (rmin, mmin), (ropt, mopt), (rmax, mmax) = (
+        shapes(low, 1),
+        shapes(opt_cells, opt_regions),
+        shapes(high, max_regions),
+    )
+    return {
+        contract.REGIONS_TENSOR: (rmin, ropt, rmax),
+        contract.CELL_MASK_TENSOR: (mmin, mopt, mmax),
+    }
+
+
 def build_plan(
     onnx_path: Path,
     plan_path: Path,
     precision: Precision,
-    max_batch: int,
+    profile: Profile,
     calibration: npt.NDArray[np.float32] | None = None,
-    opt_batch: int = 64,
 ) -> Path:
-    """Build ``plan_path`` with one optimisation profile over batch 1..``max_batch``.
+    """Build ``plan_path`` with one optimisation profile.
 
     Args:
-        onnx_path: The exported graph (dynamic batch).
+        onnx_path: The exported graph (dynamic shapes).
         plan_path: Where to write the serialized engine.
-        precision: fp32, fp16, or int8 (INT8 with FP16 fallback, entropy calibration).
-        max_batch: The profile's largest batch: the classifier's max_batch_size.
-        calibration: Normalised patches [B, 3, 224, 224] for INT8 calibration.
-        opt_batch: The batch the profile optimises for.
+        precision: fp32, fp16, or int8 (INT8 with FP16 fallback, entropy calibration of a
+            single-input network such as the classifier).
+        profile: (min, opt, max) shape per input (:func:`classifier_profile`,
+            :func:`dense_profile`).
+        calibration: The single input's calibration batches (INT8 only).
 
     Raises:
         ExportError: without tensorrt/GPU, on parser errors, missing calibration data or a
@@ -105,26 +137,21 @@ def build_plan(
         raise ExportError(f"{onnx_path}: TensorRT cannot parse the ONNX graph: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    shape = (contract.CHANNELS, contract.PATCH_SIZE, contract.PATCH_SIZE)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(
-        contract.PATCHES_TENSOR,
-        (1, *shape),
-        (min(opt_batch, max_batch), *shape),
-        (max_batch, *shape),
-    )
-    config.add_optimization_profile(profile)
+    optimisation = builder.create_optimization_profile()
+    for name, (low, opt, high) in profile.items():
+        optimisation.set_shape(name, low, opt, high)
+    config.add_optimization_profile(optimisation)
     if precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8":
-        if calibration is None or len(calibration) == 0:
-            raise ExportError("--precision int8 needs calibration patches from slides")
+        if calibration is None or len(calibration) == 0 or len(profile) != 1:
+            raise ExportError("--precision int8 needs calibration data for a single-input network")
         batch = min(32, len(calibration))
         cache = plan_path.with_suffix(".calibration")
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = _calibrator_class(trt)(calibration, batch, cache)
-        config.set_calibration_profile(profile)
-    log.info("building a %s TensorRT plan (batch 1..%d) from %s", precision, max_batch, onnx_path)
+        config.set_calibration_profile(optimisation)
+    log.info("building a %s TensorRT plan %s from %s", precision, plan_path.name, onnx_path)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"{onnx_path}: TensorRT failed to build a {precision} plan (see log)")
@@ -133,10 +160,22 @@ def build_plan(
     return plan_path
 
 
-def plan_probabilities(
-    plan_path: Path, inputs: npt.NDArray[np.float32], batch: int = 32
+def run_plan(
+    plan_path: Path,
+    feeds: dict[str, npt.NDArray[np.generic]],
+    output: str,
+    output_dims: Shape,
+    batch: int = 8,
 ) -> npt.NDArray[np.float32]:
-    """Run the plan on normalised patches [B, 3, 224, 224] and return probabilities [B, 1]."""
+    """Run the plan over ``feeds`` (split along the batch axis) and return ``output``.
+
+    Args:
+        plan_path: The serialized engine.
+        feeds: Input arrays by name, same batch length.
+        output: The output tensor's name (FP32).
+        output_dims: The output's shape after the batch axis.
+        batch: Items per execution.
+    """
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     engine = trt.Runtime(logger).deserialize_cuda_engine(plan_path.read_bytes())
@@ -144,13 +183,19 @@ def plan_probabilities(
         raise ExportError(f"{plan_path}: TensorRT cannot deserialize the plan")
     context = engine.create_execution_context()
     stream = torch.cuda.current_stream()
+    total = len(next(iter(feeds.values())))
     outs = []
-    for start in range(0, len(inputs), batch):
-        x = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch])).cuda()
-        y = torch.empty((len(x), 1), dtype=torch.float32, device="cuda")
-        context.set_input_shape(contract.PATCHES_TENSOR, tuple(x.shape))
-        context.set_tensor_address(contract.PATCHES_TENSOR, int(x.data_ptr()))
-        context.set_tensor_address(contract.PROBABILITIES_TENSOR, int(y.data_ptr()))
+    for start in range(0, total, batch):
+        inputs = {
+            name: torch.from_numpy(np.ascontiguousarray(a[start : start + batch])).cuda()
+            for name, a in feeds.items()
+        }
+        count = len(next(iter(inputs.values())))
+        y = torch.empty((count, *output_dims), dtype=torch.float32, device="cuda")
+        for name, x in inputs.items():
+            context.set_input_shape(name, tuple(x.shape))
+            context.set_tensor_address(name, int(x.data_ptr()))
+        context.set_tensor_address(output, int(y.data_ptr()))
         if not context.execute_async_v3(stream.cuda_stream):
             raise ExportError(f"{plan_path}: TensorRT execution failed")
         stream.synchronize()

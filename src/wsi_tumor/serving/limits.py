@@ -21,7 +21,10 @@ PREFERRED_BATCH_SIZES: Final = (64, 128, 256)
 """Batch sizes the classifier's dynamic batcher aims for."""
 
 MAX_QUEUE_DELAY_US: Final = 2000
-"""Longest time the classifier's dynamic batcher holds a request to grow a batch."""
+"""Longest time a dynamic batcher holds a request to grow a batch."""
+
+DENSE_MAX_REGIONS: Final = 16
+"""``max_batch_size`` of the dense model: regions one (dynamically batched) execution holds."""
 
 
 def max_regions_per_request(cells: int, max_patches: int = MAX_PATCHES_PER_REQUEST) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
+LOOPBACK = "127.0.0.1"
+"""The only address the local server listens on: nothing on the network can reach it."""
+RESTRICTED_PROTOCOLS = ("shared-memory", "model-repository", "statistics", "trace", "logging")
+"""APIs the client does not use: refused unless the request carries the admin header."""
+ADMIN_HEADER = "wsi-admin-key"
 
 
 def find_executable(name: str, env_var: str) -> Path:
@@ -53,6 +59,26 @@ def find_tritonserver() -> Path:
     return find_executable("tritonserver", "TRITONSERVER")
 
 
+def find_backend_directory() -> Path | None:
+    """The backend directory the local tritonserver loads backends from, if found.
+
+    Looks at ``$TRITON_BACKEND_DIRECTORY``, the ``.triton/backends`` beside this project's
+    launcher (``.venv/bin/tritonserver``), then ``<server prefix>/backends`` and
+    ``/opt/tritonserver/backends`` (NVIDIA's containers).
+    """
+    candidates: list[Path] = []
+    if os.environ.get("TRITON_BACKEND_DIRECTORY"):
+        candidates.append(Path(os.environ["TRITON_BACKEND_DIRECTORY"]))
+    try:
+        launcher = find_tritonserver()
+        candidates.append(launcher.parent.parent.parent / ".triton" / "backends")
+        candidates.append(launcher.resolve().parent.parent / "backends")
+    except ServerError:
+        pass
+    candidates.append(Path("/opt/tritonserver/backends"))
+    return next((c for c in candidates if c.is_dir()), None)
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -62,7 +88,12 @@ def free_port() -> int:
 
 @dataclass
 class LocalTritonServer:
-    """A ``tritonserver`` child process serving ``repository`` on free local ports.
+    """A ``tritonserver`` child process serving ``repository`` on free loopback ports.
+
+    It listens on 127.0.0.1 only, with model control off and the APIs the client does not
+    need (shared-memory registration, repository index and control, statistics, trace,
+    logging) restricted to requests carrying :attr:`admin_headers`; metrics are off unless
+    asked for.
 
     Use as a context manager; ``grpc_url``/``http_url`` are ``host:port`` strings for
     tritonclient. The server's log is kept in ``log_path`` and quoted when start-up fails.
@@ -71,6 +102,9 @@ class LocalTritonServer:
         repository: Triton model repository directory.
         ready_timeout_s: Seconds to wait for ``/v2/health/ready``.
         extra_args: More ``tritonserver`` flags.
+        metrics: Serve Prometheus metrics (on loopback) too.
+        admin_key: Value of the ``wsi-admin-key`` header that unlocks the restricted APIs
+            (:data:`RESTRICTED_PROTOCOLS`); random per server unless given.
         log_path: Where the server's stdout/stderr go (a temporary file by default).
     """
 
@@ -81,6 +115,8 @@ class LocalTritonServer:
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    metrics: bool = False
+    admin_key: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _owns_log: bool = field(default=False, init=False, repr=False)
 
@@ -93,6 +129,14 @@ class LocalTritonServer:
     def grpc_url(self) -> str:
         """``127.0.0.1:PORT`` of the gRPC endpoint."""
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """gRPC headers that unlock the restricted APIs (statistics, for the benchmarks).
+
+        Triton expects a restricted gRPC protocol's key as ``triton-grpc-protocol-<key>``.
+        """
+        return {f"triton-grpc-protocol-{ADMIN_HEADER}": self.admin_key}
 
     @property
     def pid(self) -> int | None:
@@ -120,13 +164,20 @@ class LocalTritonServer:
             handle, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(handle)
             self.log_path, self._owns_log = Path(name), True
+        restricted = f"{','.join(RESTRICTED_PROTOCOLS)}:{ADMIN_HEADER}={self.admin_key}"
         command = [
             str(binary),
             f"--model-repository={repository.resolve()}",
+            f"--http-address={LOOPBACK}",
             f"--http-port={self.http_port}",
+            f"--grpc-address={LOOPBACK}",
             f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={LOOPBACK}",
             f"--metrics-port={self.metrics_port}",
-            "--allow-metrics=false",
+            f"--allow-metrics={'true' if self.metrics else 'false'}",
+            "--model-control-mode=none",
+            f"--grpc-restricted-protocol={restricted}",
+            f"--http-restricted-api={restricted}",
             "--strict-readiness=true",
             "--exit-on-error=true",
             *self.extra_args,

@@ -1,16 +1,17 @@
 """ONNX Runtime execution for the Python-backend classifier (no torch).
 
-Used by ``tumor_classifier``'s model.py when the server has no onnxruntime backend
-(``wsi-export --runtime python-onnxruntime``): one session built at model load, and the
-requests of a dynamic batch run as one concatenated batch whose output is split back.
+Used by the Python-backend ``tumor_classifier`` and ``tumor_detector_dense`` when the server
+has no onnxruntime backend (``wsi-export --runtime python-onnxruntime``): one session built
+at model load, and the requests of a dynamic batch run as concatenated batches (one per
+tensor shape) whose output is split back.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -66,41 +67,58 @@ def validate_patches(patches: npt.NDArray[np.generic]) -> npt.NDArray[np.float32
     return patches.astype(np.float32, copy=False)
 
 
+Inputs = dict[str, npt.NDArray[np.generic]]
+"""One request's input tensors by name (batch first)."""
+
+
 def run_batched(
     session: onnxruntime.InferenceSession,
-    batches: Sequence[npt.NDArray[np.generic]],
+    requests: Sequence[Inputs | RequestError],
+    output: str,
 ) -> list[npt.NDArray[np.float32] | RequestError]:
-    """Run the valid requests of a dynamic batch as one session call and split the result.
+    """Run the valid requests of a dynamic batch together and split the result.
+
+    Requests whose tensors have the same shapes (batch axis aside) are concatenated into
+    one session call; a malformed request (passed in as its RequestError) gets that error
+    alone while the others are computed.
 
     Args:
         session: From :func:`build_session`.
-        batches: The ``patches`` input of each request.
+        requests: Per request, its validated inputs or the RequestError it earned.
+        output: The output tensor to fetch.
 
     Returns:
-        Per request, in order: FP32 [B_i, 1] probabilities, or the RequestError that
-        request alone gets (the others are still computed).
+        Per request, in order: its rows of ``output``, or its RequestError.
     """
-    results: list[npt.NDArray[np.float32] | RequestError] = []
-    valid: list[npt.NDArray[np.float32]] = []
-    for batch in batches:
-        try:
-            valid.append(validate_patches(batch))
-            results.append(np.empty((0, 1), np.float32))
-        except RequestError as exc:
-            results.append(exc)
-    if not valid:
-        return results
-    joined = valid[0] if len(valid) == 1 else np.concatenate(valid, axis=0)
-    (probabilities,) = session.run(
-        [contract.PROBABILITIES_TENSOR], {contract.PATCHES_TENSOR: joined}
-    )
-    probabilities = np.asarray(probabilities, dtype=np.float32)
-    start = 0
-    sizes = iter(len(v) for v in valid)
-    for i, result in enumerate(results):
-        if isinstance(result, RequestError):
-            continue
-        size = next(sizes)
-        results[i] = probabilities[start : start + size]
-        start += size
+    results: list[npt.NDArray[np.float32] | RequestError] = [
+        r if isinstance(r, RequestError) else np.empty(0, np.float32) for r in requests
+    ]
+    groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+    for index, request in enumerate(requests):
+        if not isinstance(request, RequestError):
+            key = tuple(tuple(tensor.shape[1:]) for _, tensor in sorted(request.items()))
+            groups.setdefault(key, []).append(index)
+    for members in groups.values():
+        names = list(requests[members[0]])  # type: ignore[arg-type]
+        feed = {
+            name: np.concatenate([requests[i][name] for i in members])  # type: ignore[index]
+            if len(members) > 1
+            else requests[members[0]][name]  # type: ignore[index]
+            for name in names
+        }
+        (joined,) = session.run([output], feed)
+        joined = np.asarray(joined, dtype=np.float32)
+        start = 0
+        for i in members:
+            size = len(requests[i][names[0]])  # type: ignore[index]
+            results[i] = joined[start : start + size]
+            start += size
     return results
+
+
+def validated(check: Callable[[Any], Inputs], request: Any) -> Inputs | RequestError:
+    """``check(request)``'s inputs, or the RequestError it raised (for that request alone)."""
+    try:
+        return check(request)
+    except RequestError as exc:
+        return exc

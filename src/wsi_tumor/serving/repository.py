@@ -1,23 +1,27 @@
 """Render and write the Triton model repository from the contract (never hand-copied).
 
-Four models: ``patch_tiler`` and ``grid_assembler`` (Python backend, non-batching),
-``tumor_classifier`` (onnxruntime, tensorrt or a Python backend running ONNX Runtime,
-batching with dynamic batching) and the ensemble ``tumor_detector``, which is the same for
-every runtime. The committed ``model_repository/`` is :func:`render_repository` with
-:data:`COMMITTED_RUNTIME`; weights (model.onnx, model.plan) are written by ``wsi-export``.
+Five models. The exact mode's ensemble ``tumor_detector`` chains ``patch_tiler`` (Python,
+non-batching) -> ``tumor_classifier`` (onnxruntime, tensorrt or a Python backend running
+ONNX Runtime; dynamic batching) -> ``grid_assembler`` (Python). The dense mode's
+``tumor_detector_dense`` is one network (the fully convolutional pass over whole regions,
+normalisation inside the graph) with the ensemble's interface and dynamic batching over
+regions. Configs are built as ``model_config_pb2.ModelConfig`` messages and printed with
+protobuf's ``text_format``, so they are valid by construction. The committed
+``model_repository/`` is :func:`render_repository` with :data:`COMMITTED_RUNTIME`; weights
+(model.onnx, model.plan) are written by ``wsi-export``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from wsi_tumor import contract
 from wsi_tumor.errors import ConfigError, ExportError
 from wsi_tumor.serving.limits import (
+    DENSE_MAX_REGIONS,
     MAX_PATCHES_PER_REQUEST,
     MAX_QUEUE_DELAY_US,
     PREFERRED_BATCH_SIZES,
@@ -33,29 +37,52 @@ VERSION: Final = "1"
 ONNX_FILE: Final = "model.onnx"
 PLAN_FILE: Final = "model.plan"
 MODEL_FILE: Final = "model.py"
+NETWORK_MODELS: Final = (contract.CLASSIFIER_MODEL, contract.DENSE_MODEL)
+"""Models whose weights ``wsi-export`` writes (and whose backend follows the runtime)."""
 
 _PATCH_DIMS = (contract.CHANNELS, contract.PATCH_SIZE, contract.PATCH_SIZE)
 _ADAPTERS = {
     contract.TILER_MODEL: "wsi_tumor.serving.triton_models.patch_tiler",
     contract.ASSEMBLER_MODEL: "wsi_tumor.serving.triton_models.grid_assembler",
     contract.CLASSIFIER_MODEL: "wsi_tumor.serving.triton_models.tumor_classifier_onnxruntime",
+    contract.DENSE_MODEL: "wsi_tumor.serving.triton_models.dense_detector_onnxruntime",
 }
 
 
-def _dims(dims: Sequence[int]) -> str:
-    return "[ " + ", ".join(str(d) for d in dims) + " ]"
+def _pb() -> Any:
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2
 
 
-def _tensor(name: str, dtype: str, dims: Sequence[int]) -> str:
-    return f'  {{ name: "{name}", data_type: {dtype}, dims: {_dims(dims)} }}'
+def _text(config: Any) -> str:
+    from google.protobuf import text_format
+
+    return str(text_format.MessageToString(config))
 
 
-def _io(inputs: Sequence[str], outputs: Sequence[str]) -> str:
-    return "input [\n" + ",\n".join(inputs) + "\n]\noutput [\n" + ",\n".join(outputs) + "\n]\n"
+def _add_tensor(field: Any, name: str, dtype: str, dims: Sequence[int]) -> None:
+    field.add(name=name, data_type=getattr(_pb(), dtype), dims=list(dims))
 
 
-def _parameter(key: str, value: str) -> str:
-    return f'parameters {{ key: "{key}", value: {{ string_value: "{value}" }} }}\n'
+def _runtime_head(config: Any, runtime: str) -> None:
+    """Backend, weights file and instance group of a network model for ``runtime``."""
+    pb = _pb()
+    if runtime not in RUNTIMES:
+        raise ExportError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    group = config.instance_group.add(count=1)
+    if runtime == "onnxruntime":
+        config.backend, config.default_model_filename = "onnxruntime", ONNX_FILE
+    elif runtime == "tensorrt":
+        config.backend, config.default_model_filename = "tensorrt", PLAN_FILE
+        group.kind = pb.ModelInstanceGroup.KIND_GPU
+    else:
+        config.backend = "python"
+        config.parameters["onnx_file"].string_value = ONNX_FILE
+
+
+def _model_mpp(config: Any) -> None:
+    config.parameters[contract.MODEL_MPP_PARAMETER].string_value = repr(contract.MODEL_MPP)
 
 
 def render_classifier_config(
@@ -71,98 +98,91 @@ def render_classifier_config(
     Raises:
         ExportError: on an unknown runtime or a non-positive batch size.
     """
-    if runtime not in RUNTIMES:
-        raise ExportError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if max_batch_size < 1:
         raise ExportError(f"tumor_classifier max_batch_size must be >= 1, got {max_batch_size}")
+    config = _pb().ModelConfig(name=contract.CLASSIFIER_MODEL, max_batch_size=max_batch_size)
+    _runtime_head(config, runtime)
+    _add_tensor(config.input, contract.PATCHES_TENSOR, "TYPE_FP32", _PATCH_DIMS)
+    _add_tensor(config.output, contract.PROBABILITIES_TENSOR, "TYPE_FP32", [1])
     preferred = [b for b in PREFERRED_BATCH_SIZES if b <= max_batch_size] or [max_batch_size]
-    if runtime == "onnxruntime":
-        head = f'backend: "onnxruntime"\ndefault_model_filename: "{ONNX_FILE}"\n'
-        instances = "instance_group [ { count: 1 } ]\n"
-    elif runtime == "tensorrt":
-        head = f'backend: "tensorrt"\ndefault_model_filename: "{PLAN_FILE}"\n'
-        instances = "instance_group [ { count: 1, kind: KIND_GPU } ]\n"
-    else:
-        head = 'backend: "python"\n' + _parameter("onnx_file", ONNX_FILE)
-        instances = "instance_group [ { count: 1 } ]\n"
-    p = contract.PATCHES_TENSOR
-    return (
-        f'name: "{contract.CLASSIFIER_MODEL}"\n{head}max_batch_size: {max_batch_size}\n'
-        + _io(
-            [_tensor(p, "TYPE_FP32", _PATCH_DIMS)],
-            [_tensor(contract.PROBABILITIES_TENSOR, "TYPE_FP32", [1])],
-        )
-        + "dynamic_batching {\n"
-        f"  preferred_batch_size: {_dims(preferred)}\n"
-        f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n}}\n"
-        + instances
-        + "model_warmup [\n  {\n"
-        '    name: "one_zero_patch"\n    batch_size: 1\n'
-        f'    inputs {{ key: "{p}", value: {{ data_type: TYPE_FP32, '
-        f"dims: {_dims(_PATCH_DIMS)}, zero_data: true }} }}\n  }}\n]\n"
-    )
+    config.dynamic_batching.preferred_batch_size.extend(preferred)
+    config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
+    warmup = config.model_warmup.add(name="one_zero_patch", batch_size=1)
+    patches = warmup.inputs[contract.PATCHES_TENSOR]
+    patches.data_type, patches.zero_data = _pb().TYPE_FP32, True
+    patches.dims.extend(_PATCH_DIMS)
+    return _text(config)
+
+
+def render_dense_config(
+    runtime: Runtime = COMMITTED_RUNTIME, max_batch_size: int = DENSE_MAX_REGIONS
+) -> str:
+    """config.pbtxt of ``tumor_detector_dense``: regions + cell mask -> grid, batching regions.
+
+    Raises:
+        ExportError: on an unknown runtime or a non-positive batch size.
+    """
+    if max_batch_size < 1:
+        raise ExportError(f"{contract.DENSE_MODEL} max_batch_size must be >= 1")
+    config = _pb().ModelConfig(name=contract.DENSE_MODEL, max_batch_size=max_batch_size)
+    _runtime_head(config, runtime)
+    _add_tensor(config.input, contract.REGIONS_TENSOR, "TYPE_UINT8", [-1, -1, contract.CHANNELS])
+    _add_tensor(config.input, contract.CELL_MASK_TENSOR, "TYPE_BOOL", [-1, -1])
+    _add_tensor(config.output, contract.GRID_TENSOR, "TYPE_FP32", [-1, -1])
+    config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
+    _model_mpp(config)
+    side = contract.region_size(contract.DENSE_MIN_CELLS)
+    warmup = config.model_warmup.add(name="one_zero_region", batch_size=1)
+    regions = warmup.inputs[contract.REGIONS_TENSOR]
+    regions.data_type, regions.zero_data = _pb().TYPE_UINT8, True
+    regions.dims.extend([side, side, contract.CHANNELS])
+    mask = warmup.inputs[contract.CELL_MASK_TENSOR]
+    mask.data_type, mask.zero_data = _pb().TYPE_BOOL, True
+    mask.dims.extend([contract.DENSE_MIN_CELLS, contract.DENSE_MIN_CELLS])
+    return _text(config)
 
 
 def render_tiler_config(max_patches: int = MAX_PATCHES_PER_REQUEST) -> str:
     """config.pbtxt of ``patch_tiler`` (Python backend, max_batch_size 0)."""
-    return (
-        f'name: "{contract.TILER_MODEL}"\nbackend: "python"\nmax_batch_size: 0\n'
-        + _io(
-            [
-                _tensor(contract.REGIONS_TENSOR, "TYPE_UINT8", [-1, -1, -1, contract.CHANNELS]),
-                _tensor(contract.CELL_MASK_TENSOR, "TYPE_BOOL", [-1, -1, -1]),
-            ],
-            [_tensor(contract.PATCHES_TENSOR, "TYPE_FP32", [-1, *_PATCH_DIMS])],
-        )
-        + _parameter("max_patches", str(max_patches))
-        + "instance_group [ { count: 2, kind: KIND_CPU } ]\n"
-    )
+    config = _pb().ModelConfig(name=contract.TILER_MODEL, backend="python")
+    _add_tensor(config.input, contract.REGIONS_TENSOR, "TYPE_UINT8", [-1, -1, -1, 3])
+    _add_tensor(config.input, contract.CELL_MASK_TENSOR, "TYPE_BOOL", [-1, -1, -1])
+    _add_tensor(config.output, contract.PATCHES_TENSOR, "TYPE_FP32", [-1, *_PATCH_DIMS])
+    config.parameters["max_patches"].string_value = str(max_patches)
+    config.instance_group.add(count=2, kind=_pb().ModelInstanceGroup.KIND_CPU)
+    return _text(config)
 
 
 def render_assembler_config() -> str:
     """config.pbtxt of ``grid_assembler`` (Python backend, max_batch_size 0)."""
-    return (
-        f'name: "{contract.ASSEMBLER_MODEL}"\nbackend: "python"\nmax_batch_size: 0\n'
-        + _io(
-            [
-                _tensor(contract.PROBABILITIES_TENSOR, "TYPE_FP32", [-1, 1]),
-                _tensor(contract.CELL_MASK_TENSOR, "TYPE_BOOL", [-1, -1, -1]),
-            ],
-            [_tensor(contract.GRID_TENSOR, "TYPE_FP32", [-1, -1, -1])],
-        )
-        + "instance_group [ { count: 1, kind: KIND_CPU } ]\n"
-    )
-
-
-def _step(model: str, inputs: Sequence[str], outputs: Sequence[str]) -> str:
-    maps = [f'input_map {{ key: "{t}", value: "{t}" }}' for t in inputs]
-    maps += [f'output_map {{ key: "{t}", value: "{t}" }}' for t in outputs]
-    body = "\n".join(f"      {m}" for m in maps)
-    return f'    {{\n      model_name: "{model}"\n      model_version: -1\n{body}\n    }}'
+    config = _pb().ModelConfig(name=contract.ASSEMBLER_MODEL, backend="python")
+    _add_tensor(config.input, contract.PROBABILITIES_TENSOR, "TYPE_FP32", [-1, 1])
+    _add_tensor(config.input, contract.CELL_MASK_TENSOR, "TYPE_BOOL", [-1, -1, -1])
+    _add_tensor(config.output, contract.GRID_TENSOR, "TYPE_FP32", [-1, -1, -1])
+    config.instance_group.add(count=1, kind=_pb().ModelInstanceGroup.KIND_CPU)
+    return _text(config)
 
 
 def render_ensemble_config() -> str:
     """config.pbtxt of the ensemble ``tumor_detector`` (identical for every runtime)."""
     regions, mask = contract.REGIONS_TENSOR, contract.CELL_MASK_TENSOR
     patches, probs = contract.PATCHES_TENSOR, contract.PROBABILITIES_TENSOR
-    steps = [
-        _step(contract.TILER_MODEL, [regions, mask], [patches]),
-        _step(contract.CLASSIFIER_MODEL, [patches], [probs]),
-        _step(contract.ASSEMBLER_MODEL, [probs, mask], [contract.GRID_TENSOR]),
-    ]
-    return (
-        f'name: "{contract.ENSEMBLE_MODEL}"\nplatform: "ensemble"\nmax_batch_size: 0\n'
-        + _io(
-            [
-                _tensor(regions, "TYPE_UINT8", [-1, -1, -1, contract.CHANNELS]),
-                _tensor(mask, "TYPE_BOOL", [-1, -1, -1]),
-            ],
-            [_tensor(contract.GRID_TENSOR, "TYPE_FP32", [-1, -1, -1])],
-        )
-        + "ensemble_scheduling {\n  step [\n"
-        + ",\n".join(steps)
-        + "\n  ]\n}\n"
-    )
+    config = _pb().ModelConfig(name=contract.ENSEMBLE_MODEL, platform="ensemble")
+    _add_tensor(config.input, regions, "TYPE_UINT8", [-1, -1, -1, contract.CHANNELS])
+    _add_tensor(config.input, mask, "TYPE_BOOL", [-1, -1, -1])
+    _add_tensor(config.output, contract.GRID_TENSOR, "TYPE_FP32", [-1, -1, -1])
+    _model_mpp(config)
+    for model, inputs, outputs in (
+        (contract.TILER_MODEL, [regions, mask], [patches]),
+        (contract.CLASSIFIER_MODEL, [patches], [probs]),
+        (contract.ASSEMBLER_MODEL, [probs, mask], [contract.GRID_TENSOR]),
+    ):
+        step = config.ensemble_scheduling.step.add(model_name=model, model_version=-1)
+        for tensor in inputs:
+            step.input_map[tensor] = tensor
+        for tensor in outputs:
+            step.output_map[tensor] = tensor
+    return _text(config)
 
 
 def model_source(model: str) -> str:
@@ -185,30 +205,28 @@ def render_repository(runtime: Runtime = COMMITTED_RUNTIME) -> dict[str, str]:
     """Every committed file of the repository: relative path -> text."""
     files = {
         f"{contract.CLASSIFIER_MODEL}/config.pbtxt": render_classifier_config(runtime),
+        f"{contract.DENSE_MODEL}/config.pbtxt": render_dense_config(runtime),
         f"{contract.TILER_MODEL}/config.pbtxt": render_tiler_config(),
         f"{contract.ASSEMBLER_MODEL}/config.pbtxt": render_assembler_config(),
         f"{contract.ENSEMBLE_MODEL}/config.pbtxt": render_ensemble_config(),
-        f"{contract.TILER_MODEL}/{VERSION}/{MODEL_FILE}": model_source(contract.TILER_MODEL),
-        f"{contract.ASSEMBLER_MODEL}/{VERSION}/{MODEL_FILE}": model_source(
-            contract.ASSEMBLER_MODEL
-        ),
         f"{contract.ENSEMBLE_MODEL}/{VERSION}/.gitkeep": "",
     }
-    if runtime == "python-onnxruntime":
-        files[f"{contract.CLASSIFIER_MODEL}/{VERSION}/{MODEL_FILE}"] = model_source(
-            contract.CLASSIFIER_MODEL
-        )
-    else:
-        files[f"{contract.CLASSIFIER_MODEL}/{VERSION}/.gitkeep"] = ""
+    for model in (contract.TILER_MODEL, contract.ASSEMBLER_MODEL):
+        files[f"{model}/{VERSION}/{MODEL_FILE}"] = model_source(model)
+    for model in NETWORK_MODELS:
+        if runtime == "python-onnxruntime":
+            files[f"{model}/{VERSION}/{MODEL_FILE}"] = model_source(model)
+        else:
+            files[f"{model}/{VERSION}/.gitkeep"] = ""
     return files
 
 
 def write_repository(root: Path, runtime: Runtime = COMMITTED_RUNTIME) -> list[Path]:
-    """Write the rendered files under ``root`` and drop the adapter of another runtime.
+    """Write the rendered files under ``root`` and drop the adapters of another runtime.
 
     Weights (model.onnx, model.plan) are left alone: the caller writes the ones it needs.
-    A classifier ``model.py`` left from ``python-onnxruntime`` is removed for the other
-    runtimes, so the version folder holds no stray adapter.
+    A network's ``model.py`` left from ``python-onnxruntime`` is removed for the other
+    runtimes (and a ``.gitkeep`` for it), so a version folder holds no stray adapter.
 
     Returns:
         The written paths.
@@ -219,36 +237,14 @@ def write_repository(root: Path, runtime: Runtime = COMMITTED_RUNTIME) -> list[P
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         written.append(path)
-    version_dir = Path(root) / contract.CLASSIFIER_MODEL / VERSION
-    stale = version_dir / (".gitkeep" if runtime == "python-onnxruntime" else MODEL_FILE)
-    if stale.exists():
-        log.info("removing %s (not used by runtime %s)", stale, runtime)
-        stale.unlink()
+    for model in NETWORK_MODELS:
+        version_dir = Path(root) / model / VERSION
+        stale = version_dir / (".gitkeep" if runtime == "python-onnxruntime" else MODEL_FILE)
+        if stale.exists():
+            log.info("removing %s (not used by runtime %s)", stale, runtime)
+            stale.unlink()
     log.info("wrote %d repository files under %s (runtime %s)", len(written), root, runtime)
     return written
-
-
-def find_backend_directory() -> Path | None:
-    """The backend directory the local tritonserver loads backends from, if found.
-
-    Looks at ``$TRITON_BACKEND_DIRECTORY``, the ``.triton/backends`` beside this project's
-    launcher (``.venv/bin/tritonserver``), then ``<server prefix>/backends`` and
-    ``/opt/tritonserver/backends`` (NVIDIA's containers).
-    """
-    from wsi_tumor.errors import ServerError
-    from wsi_tumor.serving.local_server import find_tritonserver
-
-    candidates: list[Path] = []
-    if os.environ.get("TRITON_BACKEND_DIRECTORY"):
-        candidates.append(Path(os.environ["TRITON_BACKEND_DIRECTORY"]))
-    try:
-        launcher = find_tritonserver()
-        candidates.append(launcher.parent.parent.parent / ".triton" / "backends")
-        candidates.append(launcher.resolve().parent.parent / "backends")
-    except ServerError:
-        pass
-    candidates.append(Path("/opt/tritonserver/backends"))
-    return next((c for c in candidates if c.is_dir()), None)
 
 
 def resolve_runtime(requested: str, fmt: str) -> Runtime:
@@ -260,6 +256,8 @@ def resolve_runtime(requested: str, fmt: str) -> Runtime:
     Raises:
         ConfigError: when the runtime does not fit the format, or is unknown.
     """
+    from wsi_tumor.serving.local_server import find_backend_directory
+
     if fmt == "tensorrt":
         if requested not in ("auto", "tensorrt"):
             raise ConfigError(f"--format tensorrt needs --runtime tensorrt, got {requested}")

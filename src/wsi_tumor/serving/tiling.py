@@ -39,6 +39,51 @@ def cells_for_region(size: int) -> int:
     return extra // contract.PATCH_STRIDE + 1
 
 
+def validate_regions(
+    regions: npt.NDArray[np.generic],
+    cell_mask: npt.NDArray[np.generic],
+    cells_range: tuple[int, int] | None = None,
+) -> int:
+    """Check regions UINT8 [N, H, W, 3] and their cell mask BOOL [N, k, k]; return k.
+
+    Args:
+        regions: The ``regions`` tensor, H = W = ``contract.region_size(k)``.
+        cell_mask: The ``cell_mask`` tensor.
+        cells_range: Inclusive (min, max) of the k a model accepts; None: any.
+
+    Raises:
+        RequestError: naming the tensor and what is wrong (dtype, rank, sizes, k).
+    """
+    name, mask_name = contract.REGIONS_TENSOR, contract.CELL_MASK_TENSOR
+    if regions.dtype != np.uint8:
+        raise RequestError(f"{name}: dtype must be uint8, got {regions.dtype}")
+    if regions.ndim != 4 or regions.shape[-1] != contract.CHANNELS:
+        raise RequestError(
+            f"{name}: shape must be [N, H, W, {contract.CHANNELS}], got {list(regions.shape)}"
+        )
+    count, height, width, _ = regions.shape
+    if count < 1:
+        raise RequestError(f"{name}: the request holds no region (N = 0)")
+    if height != width:
+        raise RequestError(f"{name}: regions must be square, got H = {height}, W = {width}")
+    cells = cells_for_region(height)
+    if cells_range is not None and not cells_range[0] <= cells <= cells_range[1]:
+        low, high = cells_range
+        raise RequestError(
+            f"{name}: region side {height} px is k = {cells} cells; this model takes k from "
+            f"{low} ({contract.region_size(low)} px) to {high} ({contract.region_size(high)} px)"
+        )
+    if cell_mask.dtype != np.bool_:
+        raise RequestError(f"{mask_name}: dtype must be bool, got {cell_mask.dtype}")
+    expected = [count, cells, cells]
+    if list(cell_mask.shape) != expected:
+        raise RequestError(
+            f"{mask_name}: shape must be [N, k, k] = {expected} for {count} regions of "
+            f"{height} px (k = {cells}), got {list(cell_mask.shape)}"
+        )
+    return cells
+
+
 def validate_request(
     regions: npt.NDArray[np.generic],
     cell_mask: npt.NDArray[np.generic],
@@ -55,27 +100,8 @@ def validate_request(
         RequestError: naming the tensor and what is wrong (dtype, rank, sizes, empty mask,
             too many patches).
     """
-    name, mask_name = contract.REGIONS_TENSOR, contract.CELL_MASK_TENSOR
-    if regions.dtype != np.uint8:
-        raise RequestError(f"{name}: dtype must be uint8, got {regions.dtype}")
-    if regions.ndim != 4 or regions.shape[-1] != contract.CHANNELS:
-        raise RequestError(
-            f"{name}: shape must be [N, H, W, {contract.CHANNELS}], got {list(regions.shape)}"
-        )
-    count, height, width, _ = regions.shape
-    if count < 1:
-        raise RequestError(f"{name}: the request holds no region (N = 0)")
-    if height != width:
-        raise RequestError(f"{name}: regions must be square, got H = {height}, W = {width}")
-    cells = cells_for_region(height)
-    if cell_mask.dtype != np.bool_:
-        raise RequestError(f"{mask_name}: dtype must be bool, got {cell_mask.dtype}")
-    expected = [count, cells, cells]
-    if list(cell_mask.shape) != expected:
-        raise RequestError(
-            f"{mask_name}: shape must be [N, k, k] = {expected} for {count} regions of "
-            f"{height} px (k = {cells}), got {list(cell_mask.shape)}"
-        )
+    cells = validate_regions(regions, cell_mask)
+    mask_name = contract.CELL_MASK_TENSOR
     patches = int(np.count_nonzero(cell_mask))
     if patches == 0:
         raise RequestError(f"{mask_name}: no cell is true, so there is nothing to classify")
@@ -97,7 +123,9 @@ def tile_regions(
 
     The patch of cell (row, col) of region n is ``regions[n, row*s : row*s + 224,
     col*s : col*s + 224]`` with s = ``contract.PATCH_STRIDE``; patches come in row-major
-    order over (n, row, col).
+    order over (n, row, col). Each region holding a true cell is normalised once, as a
+    whole, and the overlapping patches are copied out of it (a pixel is normalised once,
+    not once per patch that covers it).
 
     Returns:
         FP32 [P, 3, 224, 224], P = number of true cells, scaled by ``contract.normalise``.
@@ -107,12 +135,19 @@ def tile_regions(
     """
     validate_request(regions, cell_mask, max_patches)
     size, stride = contract.PATCH_SIZE, contract.PATCH_STRIDE
-    index_n, index_row, index_col = np.nonzero(cell_mask)
-    out = np.empty((index_n.size, contract.CHANNELS, size, size), dtype=np.float32)
-    for i, (n, row, col) in enumerate(zip(index_n, index_row, index_col, strict=True)):
-        y, x = int(row) * stride, int(col) * stride
-        patch = regions[n, y : y + size, x : x + size]
-        out[i] = contract.normalise(patch).transpose(2, 0, 1)
+    out = np.empty(
+        (int(np.count_nonzero(cell_mask)), contract.CHANNELS, size, size), dtype=np.float32
+    )
+    index = 0
+    for region, mask in zip(regions, cell_mask, strict=True):
+        rows, cols = np.nonzero(mask)
+        if rows.size == 0:
+            continue
+        normalised = contract.normalise(region).transpose(2, 0, 1)
+        for row, col in zip(rows, cols, strict=True):
+            y, x = int(row) * stride, int(col) * stride
+            out[index] = normalised[:, y : y + size, x : x + size]
+            index += 1
     return out
 
 

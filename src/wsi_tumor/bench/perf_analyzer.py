@@ -1,8 +1,8 @@
 """Run the real ``perf_analyzer`` against the served models and parse its CSV report.
 
 ``tumor_classifier`` is driven with batched FP32 patches; ``tumor_detector`` (no batching)
-with uint8 regions and a cell mask of a typical tissue fraction, passed as perf_analyzer
-``--input-data`` JSON (base64 tensors).
+and ``tumor_detector_dense`` (batching regions) with uint8 regions and a cell mask of a
+typical tissue fraction, passed as perf_analyzer ``--input-data`` JSON (base64 tensors).
 """
 
 from __future__ import annotations
@@ -70,11 +70,14 @@ def detector_requests(
     tissue_fraction: float = TYPICAL_TISSUE_FRACTION,
     variants: int = 4,
     seed: int = 0,
+    batched: bool = False,
 ) -> list[dict[str, dict[str, object]]]:
-    """``variants`` ensemble requests of ``regions`` regions each, as perf_analyzer JSON.
+    """``variants`` detector requests of ``regions`` regions each, as perf_analyzer JSON.
 
     Regions are random crops of ``image`` (uint8 H x W x 3, e.g. a real H&E image; random
     pixels when None); each mask has ``round(tissue_fraction * cells**2)`` true cells (>= 1).
+    ``batched``: for a model with a batch axis (the dense model), each entry is one region
+    without the batch axis (perf_analyzer's ``-b`` stacks them); ``regions`` must be 1.
     """
     rng = np.random.default_rng(seed)
     size = contract.region_size(cells)
@@ -92,10 +95,13 @@ def detector_requests(
         mask = np.zeros((regions, cells * cells), bool)
         for row in mask:
             row[rng.choice(cells * cells, true_cells, replace=False)] = True
+        pixels, masks = batch.astype(np.uint8), mask.reshape(regions, cells, cells)
+        if batched:
+            pixels, masks = pixels[0], masks[0]
         out.append(
             {
-                contract.REGIONS_TENSOR: _b64(batch.astype(np.uint8)),
-                contract.CELL_MASK_TENSOR: _b64(mask.reshape(regions, cells, cells)),
+                contract.REGIONS_TENSOR: _b64(pixels),
+                contract.CELL_MASK_TENSOR: _b64(masks),
             }
         )
     return out
