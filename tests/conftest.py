@@ -50,7 +50,7 @@ class ExportedRepository:
     Attributes:
         repository: The repository root (``--runtime python-onnxruntime``: runs here).
         checkpoint: The ``{"model": state_dict}`` checkpoint it was exported from; rebuild
-            the same torch model with ``wsi_tumor.export.checkpoint.load_model(checkpoint)``.
+            the same torch model with ``wsi_tumor.models.checkpoint.load_model(checkpoint)``.
         onnx_path: ``repository/tumor_classifier/1/model.onnx``.
         onnx_max_diff: Max |probability diff| ONNX Runtime vs PyTorch found by the export.
     """
