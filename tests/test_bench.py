@@ -138,7 +138,7 @@ def fake_results() -> dict:
             "pearson": 0.99,
             "decision_agreement": 0.995,
             "candidates": {"both": 3, "only_exact": 1, "only_dense": 0},
-        },  # fmt: skip
+        },
         "notes": ["tuned nothing"],
     }
 
@@ -198,7 +198,8 @@ def test_tiny_end_to_end_run(tmp_path: Path) -> None:
 
     out = tmp_path / "results"
     argv = ["--out", str(out), "--size", "2048", "--regions", "1", "--dense-regions", "1",
-            "--concurrency", "1", "--request-count", "3", "--workdir", str(tmp_path / "work")]  # fmt: skip
+            "--concurrency", "1", "--request-count", "3",
+            "--workdir", str(tmp_path / "work")]  # fmt: skip
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert [w["key"] for w in results["ways"]] == ["a", "b", "c", "d"]

@@ -32,9 +32,15 @@ EXPECTED = (1, 0, 0, 1, 1, 0, 0, 0, 0)
 def test_cell_centres_csv_order_is_x_outer_y_inner() -> None:
     centres = cell_centres_csv_order(1384, 2384)
     assert centres.tolist() == [
-        [1128, 2128], [1128, 2384], [1128, 2640],
-        [1384, 2128], [1384, 2384], [1384, 2640],
-        [1640, 2128], [1640, 2384], [1640, 2640],
+        [1128, 2128],
+        [1128, 2384],
+        [1128, 2640],
+        [1384, 2128],
+        [1384, 2384],
+        [1384, 2640],
+        [1640, 2128],
+        [1640, 2384],
+        [1640, 2640],
     ]
 
 
@@ -43,9 +49,7 @@ def test_csv_to_grid_matches_bundle_col_groups() -> None:
     csv_row = np.arange(12)
     bundle = csv_row[[3, 6, 9, 4, 7, 10, 5, 8, 11]].reshape(3, 3) - 3
     np.testing.assert_array_equal(csv_to_grid(np.arange(9)), bundle)
-    np.testing.assert_array_equal(
-        csv_to_grid(EXPECTED), [[1, 1, 0], [0, 1, 0], [0, 0, 0]]
-    )
+    np.testing.assert_array_equal(csv_to_grid(EXPECTED), [[1, 1, 0], [0, 1, 0], [0, 0, 0]])
 
 
 def _dataset(tmp_path: Path, fmt: str) -> Path:
@@ -55,20 +59,26 @@ def _dataset(tmp_path: Path, fmt: str) -> Path:
     ann = tmp_path / "ann"
     ann.mkdir()
     if fmt == "json":
-        doc = {"positive": [{"name": "Annotation 0", "vertices": TUMOUR}],
-               "negative": [{"name": "Annotation 1", "vertices": EXCLUSION}]}
+        doc = {
+            "positive": [{"name": "Annotation 0", "vertices": TUMOUR}],
+            "negative": [{"name": "Annotation 1", "vertices": EXCLUSION}],
+        }
         (ann / "tumor_001.json").write_text(json.dumps(doc))
     else:
+
         def poly(name: str, group: str, pts: list[list[int]]) -> str:
             coords = "".join(
                 f'<Coordinate Order="{i}" X="{x}" Y="{y}" />' for i, (x, y) in enumerate(pts)
             )
-            return (f'<Annotation Name="{name}" Type="Polygon" PartOfGroup="{group}" '
-                    f'Color="#F4FA58"><Coordinates>{coords}</Coordinates></Annotation>')
+            return (
+                f'<Annotation Name="{name}" Type="Polygon" PartOfGroup="{group}" '
+                f'Color="#F4FA58"><Coordinates>{coords}</Coordinates></Annotation>'
+            )
 
         (ann / "tumor_001.xml").write_text(
-            "<?xml version=\"1.0\"?><ASAP_Annotations><Annotations>"
-            + poly("Annotation 0", "Tumor", TUMOUR) + poly("Annotation 1", "Exclusion", EXCLUSION)
+            '<?xml version="1.0"?><ASAP_Annotations><Annotations>'
+            + poly("Annotation 0", "Tumor", TUMOUR)
+            + poly("Annotation 1", "Exclusion", EXCLUSION)
             + '</Annotations><AnnotationGroups><Group Name="Tumor" PartOfGroup="None" '
             'Color="#ff0000"><Attributes /></Group><Group Name="Exclusion" PartOfGroup="None" '
             'Color="#00ff00"><Attributes /></Group></AnnotationGroups></ASAP_Annotations>'
@@ -104,7 +114,9 @@ def test_coords_parse_and_skip_blank_lines(tmp_path: Path) -> None:
     root = _dataset(tmp_path, "json")
     centres = read_coords(root / "coords.txt")
     assert [(c.slide, c.x, c.y, c.line) for c in centres] == [
-        ("tumor_001", 1384, 2384, 1), ("tumor_001", 3000, 4000, 2), ("normal_001", 1384, 2384, 4)
+        ("tumor_001", 1384, 2384, 1),
+        ("tumor_001", 3000, 4000, 2),
+        ("normal_001", 1384, 2384, 4),
     ]
 
 
@@ -115,8 +127,11 @@ def test_coords_parse_and_skip_blank_lines(tmp_path: Path) -> None:
         ("tumor_001,12", r"coords\.txt:2: expected 'slide_name,x,y'"),
         ("tumor_001,12.5,30", r"coords\.txt:2: x '12.5' is not a whole pixel"),
         ("tumor_009,100,100", r"coords\.txt:2: slide 'tumor_009' not found in .*images"),
-        ("tumor_001,4000,100", r"coords\.txt:2: centre \(4000, 100\) is outside slide "
-                               r"'tumor_001' of size 4000 x 5000"),
+        (
+            "tumor_001,4000,100",
+            r"coords\.txt:2: centre \(4000, 100\) is outside slide "
+            r"'tumor_001' of size 4000 x 5000",
+        ),
         ("tumor_001,-1,100", r"coords\.txt:2: centre \(-1, 100\) is outside"),
     ],
 )
@@ -156,10 +171,19 @@ def test_cli_reports_one_line_and_exit_1(
 ) -> None:
     root = _dataset(tmp_path, "json")
     (root / "coords.txt").write_text("tumor_404,10,10\n")
-    code = labels_cli.main([
-        "--images", str(root / "images"), "--annotations", str(root / "ann"),
-        "--train-coords", str(root / "coords.txt"), "--out-dir", str(root), "--quiet",
-    ])
+    code = labels_cli.main(
+        [
+            "--images",
+            str(root / "images"),
+            "--annotations",
+            str(root / "ann"),
+            "--train-coords",
+            str(root / "coords.txt"),
+            "--out-dir",
+            str(root),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1  # EXIT_FAILURE: bad input (bad flags would be 2)
     assert len(err) == 1

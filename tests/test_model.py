@@ -72,8 +72,9 @@ def test_pretrained_maps_torchvision_weights(
     load_pretrained(model)
     torch.testing.assert_close(model.features[0].weight, source.conv1.weight)
     state = model.state_dict()
-    torch.testing.assert_close(state["features.7.1.bn2.running_var"],
-                               source.layer4[1].bn2.running_var)
+    torch.testing.assert_close(
+        state["features.7.1.bn2.running_var"], source.layer4[1].bn2.running_var
+    )
     torch.testing.assert_close(model.fc.weight, fc_before)  # the classifier stays random
     # the features compute exactly torchvision's trunk
     source.eval()

@@ -208,7 +208,9 @@ def test_a_failed_write_stops_that_slide_and_the_cohort_goes_on(
     shutil.copy(reliability_slides["small"], cohort / "b_small.tif")
     out = tmp_path / "out"
     out.mkdir()
-    limit = 10_000  # bytes: the big slide's heatmap (17 kB) is larger, the small one's files smaller
+    limit = (
+        10_000  # bytes: the big slide's heatmap (17 kB) is larger, the small one's files smaller
+    )
 
     def limit_file_size() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

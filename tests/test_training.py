@@ -55,14 +55,16 @@ def _pixels(h: int = 1200, w: int = 1500, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-def _dataset(pixels: np.ndarray, rows: list[LabelRow], train: bool, split: Any = "centre"
-             ) -> GridPatchDataset:
+def _dataset(
+    pixels: np.ndarray, rows: list[LabelRow], train: bool, split: Any = "centre"
+) -> GridPatchDataset:
     slide = ArraySlide(pixels)
     return GridPatchDataset(rows, {"s": Path("s.tif")}, lambda _: slide, train, split)  # type: ignore[arg-type, return-value]
 
 
-@pytest.mark.parametrize(("split", "offsets"), [("centre", (16, 272, 528)),
-                                                ("monai", (0, 272, 544))])
+@pytest.mark.parametrize(
+    ("split", "offsets"), [("centre", (16, 272, 528)), ("monai", (0, 272, 544))]
+)
 def test_nine_patch_geometry_and_labels_exact(split: str, offsets: tuple[int, ...]) -> None:
     assert patch_offsets(split) == offsets  # type: ignore[arg-type]
     pixels = _pixels()
@@ -122,8 +124,17 @@ def test_dataset_pickles_without_readers() -> None:
 
 def test_config_yaml_defaults_flags_override(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("epochs: 7\nbatch-size: 3\nlr: 0.01\nreader: openslide\n")
-    cfg = config_from_argv([str(tmp_path / "ds"), "--config", str(tmp_path / "c.yaml"),
-                            "--out", str(tmp_path / "o"), "--lr", "0.5"])
+    cfg = config_from_argv(
+        [
+            str(tmp_path / "ds"),
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--out",
+            str(tmp_path / "o"),
+            "--lr",
+            "0.5",
+        ]
+    )
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.reader) == (7, 3, 0.5, "openslide")
     assert cfg.labels_train == tmp_path / "ds" / "training.csv"
     assert cfg.images == tmp_path / "ds" / "images"
@@ -133,23 +144,27 @@ def test_config_yaml_defaults_flags_override(tmp_path: Path) -> None:
 
 
 def test_repo_config_yaml_is_valid(tmp_path: Path) -> None:
-    cfg = config_from_argv([str(tmp_path), "--config", str(REPO / "training" / "config.yaml"),
-                            "--out", str(tmp_path)])
+    cfg = config_from_argv(
+        [str(tmp_path), "--config", str(REPO / "training" / "config.yaml"), "--out", str(tmp_path)]
+    )
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.seed) == (4, 128, 1e-3, 15)
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("epoch: 3\n", r"c\.yaml: unknown key 'epoch'"),
-     ("epochs: 0\n", r"c\.yaml: epochs must be >= 1"),
-     ("epochs: two\n", r"c\.yaml: epochs: invalid value 'two'"),
-     ("- 1\n", r"c\.yaml: expected a mapping")],
+    [
+        ("epoch: 3\n", r"c\.yaml: unknown key 'epoch'"),
+        ("epochs: 0\n", r"c\.yaml: epochs must be >= 1"),
+        ("epochs: two\n", r"c\.yaml: epochs: invalid value 'two'"),
+        ("- 1\n", r"c\.yaml: expected a mapping"),
+    ],
 )
 def test_config_errors(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(ConfigError, match=message):
-        config_from_argv([str(tmp_path), "--config", str(tmp_path / "c.yaml"),
-                          "--out", str(tmp_path)])
+        config_from_argv(
+            [str(tmp_path), "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path)]
+        )
 
 
 def test_empty_label_csv_is_dataset_error(tmp_path: Path) -> None:
@@ -169,10 +184,16 @@ def test_label_csv_centre_outside_is_label_error(tmp_path: Path) -> None:
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "s.tif").write_bytes(b"")
     (tmp_path / "training.csv").write_text(
-        "s,800,800,0,0,0,0,0,0,0,0,0\ns,800,1300,0,0,0,0,0,0,0,0,0\n")
+        "s,800,800,0,0,0,0,0,0,0,0,0\ns,800,1300,0,0,0,0,0,0,0,0,0\n"
+    )
     with pytest.raises(LabelError, match=r"training\.csv:2: centre \(800, 1300\) is outside"):
-        load_dataset(tmp_path / "training.csv", tmp_path / "images", "cucim", True,
-                     slide_size=lambda _: (1500, 1200))
+        load_dataset(
+            tmp_path / "training.csv",
+            tmp_path / "images",
+            "cucim",
+            True,
+            slide_size=lambda _: (1500, 1200),
+        )
 
 
 def test_foreign_checkpoint_is_checkpoint_error(tmp_path: Path) -> None:
@@ -188,14 +209,20 @@ def test_foreign_checkpoint_is_checkpoint_error(tmp_path: Path) -> None:
         load_training_checkpoint(tmp_path / "bare.pt")
 
 
-def test_cli_foreign_checkpoint_exits_1(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_foreign_checkpoint_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from torchvision.models import resnet18
 
     torch.save(resnet18(weights=None).state_dict(), tmp_path / "other.pt")
-    code = cli.main([str(tmp_path), "--out", str(tmp_path / "o"), "--init-from",
-                     str(tmp_path / "other.pt"), "--quiet"])
+    code = cli.main(
+        [
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--init-from",
+            str(tmp_path / "other.pt"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1  # EXIT_FAILURE: bad input, not bad flags
     assert err[0].startswith("wsi-train: error: ") and "other.pt: not a TumorResNetFCN" in err[0]
@@ -264,8 +291,16 @@ def _run(root: Path, out: Path, *flags: str) -> Any:
     return train(cfg, synthetic_opener, synthetic_size)  # type: ignore[arg-type]
 
 
-SMALL = ("--batch-size", "1", "--workers", "0", "--max-steps-per-epoch", "1",
-         "--max-valid-steps", "1")
+SMALL = (
+    "--batch-size",
+    "1",
+    "--workers",
+    "0",
+    "--max-steps-per-epoch",
+    "1",
+    "--max-valid-steps",
+    "1",
+)
 
 
 def test_resume_continues_from_saved_epoch(tmp_path: Path) -> None:
@@ -300,9 +335,22 @@ def test_torchrun_two_process_gloo(tmp_path: Path) -> None:
     root = write_synthetic(tmp_path / "ds", 8, 4)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         __file__, str(root), str(tmp_path / "out")],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            __file__,
+            str(root),
+            str(tmp_path / "out"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = load_model(tmp_path / "out" / "last.pt")  # strict: no "module." prefix
@@ -322,13 +370,44 @@ def test_cpu_run_on_wsi_synth_slides_reaches_validation_accuracy(tmp_path: Path)
     from wsi_tumor.training.labels_cli import main as labels_main
 
     data = tmp_path / "data"
-    generate(SynthConfig(out=data, train=4, valid=2, test=0, size=4096, seed=3, coords=200,
-                         valid_coords=40, quiet=True))
+    generate(
+        SynthConfig(
+            out=data,
+            train=4,
+            valid=2,
+            test=0,
+            size=4096,
+            seed=3,
+            coords=200,
+            valid_coords=40,
+            quiet=True,
+        )
+    )
     assert labels_main([str(data), "--quiet"]) == 0
     out = tmp_path / "run"
-    assert train_main([str(data), "--out", str(out), "--quiet", "--device", "cpu",
-                       "--epochs", "2", "--batch-size", "4", "--workers", "2",
-                       "--max-steps-per-epoch", "25", "--max-valid-steps", "10"]) == 0
+    assert (
+        train_main(
+            [
+                str(data),
+                "--out",
+                str(out),
+                "--quiet",
+                "--device",
+                "cpu",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "4",
+                "--workers",
+                "2",
+                "--max-steps-per-epoch",
+                "25",
+                "--max-valid-steps",
+                "10",
+            ]
+        )
+        == 0
+    )
     history = torch.load(out / "last.pt", weights_only=False)["history"]
     curve = [(h["valid_accuracy"], h["train_patches_per_s"]) for h in history]
     print("valid accuracy / train patches/s per epoch:", curve)
@@ -343,8 +422,23 @@ if __name__ == "__main__":  # torchrun driver for test_torchrun_two_process_gloo
 
     logging.basicConfig(level=logging.INFO)
     ds, out = sys.argv[1], sys.argv[2]
-    config = config_from_argv([ds, "--out", out, "--quiet", "--device", "cpu", "--epochs", "1",
-                               "--batch-size", "1", "--workers", "0",
-                               "--max-steps-per-epoch", "2"])
+    config = config_from_argv(
+        [
+            ds,
+            "--out",
+            out,
+            "--quiet",
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "1",
+            "--workers",
+            "0",
+            "--max-steps-per-epoch",
+            "2",
+        ]
+    )
     train(config, synthetic_opener, synthetic_size)  # type: ignore[arg-type]
     logging.getLogger("driver").info("world %s done", os.environ["WORLD_SIZE"])

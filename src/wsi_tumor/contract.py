@@ -97,6 +97,8 @@ ENSEMBLE_MODEL: Final = "tumor_detector"
 """The exact mode: the ensemble tiler -> classifier -> assembler (MONAI's map)."""
 DENSE_MODEL: Final = "tumor_detector_dense"
 """The dense mode: one ONNX graph, whole regions through the fully convolutional network."""
+MODES: Final = ("exact", "dense")
+"""``wsi-infer --mode`` values: the exact ensemble (MONAI's map) or the dense model."""
 
 PATCHES_TENSOR: Final = "patches"
 """FP32 [P, 3, 224, 224], normalised: the classifier's input, the tiler's output."""

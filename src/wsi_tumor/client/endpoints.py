@@ -130,8 +130,7 @@ def checked_output(
     return np.asarray(array, dtype=np.float32)
 
 
-MODES: Final = ("exact", "dense")
-"""``wsi-infer --mode`` values: the exact ensemble (MONAI's map) or the dense model."""
+MODES: Final = contract.MODES
 
 
 def endpoint_for_mode(mode: str) -> Endpoint:
