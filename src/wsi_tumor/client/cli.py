@@ -38,9 +38,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if config.ray is not None:
+        from wsi_tumor.cluster.ray_cohort import run_on_ray
+
+        return report_cohort(
+            run_on_ray(
+                config,
+                config.ray or None,
+                servers=config.ray_servers,
+                task_cpus=config.ray_task_cpus,
+                max_retries=config.ray_max_retries,
+            )
+        )
     from wsi_tumor.client.runner import run
 
-    return report_cohort(run(config_from_args(args)))
+    return report_cohort(run(config))
 
 
 def report_cohort(cohort: CohortResult) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 
 from wsi_tumor import contract
 from wsi_tumor.client.endpoints import MODES, Endpoint, endpoint_for_mode
+from wsi_tumor.cluster import DEFAULT_MAX_RETRIES, SERVER_MODES
 from wsi_tumor.commandline import add_dataclass_flags, add_logging_flags, make_parser, option
 from wsi_tumor.errors import ConfigError, RequestError
 from wsi_tumor.evaluation.nms import NMS_RADIUS, NMS_THRESHOLD
@@ -43,6 +44,10 @@ class InferConfig:
         retry_timeout: Seconds a request keeps retrying transient server errors.
         request_timeout: Seconds one request may take before it counts as a deadline error.
         overwrite: Recompute slides whose outputs are complete.
+        ray: Ray address for a cluster cohort ("" = Ray's default), None for a local run.
+        ray_servers: With ``ray`` and no URL: one server per node, or one per task.
+        ray_task_cpus: CPUs a slide task reserves.
+        ray_max_retries: Retries of a slide task whose node died.
         quiet: No progress bars.
         verbose: Debug logging.
     """
@@ -107,6 +112,24 @@ class InferConfig:
     retry_timeout: float = option(120.0, "seconds to retry transient server errors")
     request_timeout: float = option(600.0, "deadline of one request in seconds")
     overwrite: bool = option(False, "recompute slides whose outputs are complete")
+    ray: str | None = None
+    ray_servers: str = option(
+        "per-node",
+        "with --ray and no --url: per-node runs one Triton server per Ray node (an actor, on "
+        "--model-repository, which every node must see at the same path); per-task starts an "
+        "embedded server in each slide task",
+        choices=SERVER_MODES,
+    )
+    ray_task_cpus: float = option(
+        1.0,
+        "with --ray: CPUs Ray reserves per slide task (slides at once per node = its CPUs / this)",
+        metavar="N",
+    )
+    ray_max_retries: int = option(
+        DEFAULT_MAX_RETRIES,
+        "with --ray: times a slide task is re-run elsewhere when its worker or node dies",
+        metavar="N",
+    )
     quiet: bool = False
     verbose: bool = False
 
@@ -191,6 +214,17 @@ def build_parser(prog: str = "wsi-infer") -> argparse.ArgumentParser:
     parser.add_argument("slides", nargs="+", type=Path, help="slide files and/or directories")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     add_dataclass_flags(parser, InferConfig)
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run the cohort on a Ray cluster, one task per slide (pip install "
+        "'wsi-tumor[ray]'): ADDRESS is auto, host:port or ray://host:port; --ray alone: "
+        "$RAY_ADDRESS, a cluster started on this machine, else a new local one (put it after "
+        "the slides)",
+    )
     add_logging_flags(parser)
     return parser
 
