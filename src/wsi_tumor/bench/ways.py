@@ -118,7 +118,7 @@ def model_statistics(
 
     client = grpcclient.InferenceServerClient(url)
     try:
-        raw = client.get_inference_statistics(headers=headers, as_json=True)
+        raw = client.get_inference_statistics(as_json=True)
     finally:
         client.close()
     out: dict[str, dict[str, float]] = {}
@@ -221,13 +221,13 @@ def run_client_way(
         sys.executable, "-m", module, str(slide), "--out", str(out), "--url", url,
         "--quiet", "--overwrite", "--readers", str(readers), "--inflight", str(inflight), *flags,
     ]  # fmt: skip
-    stats_before = model_statistics(url, server.admin_headers)
+    stats_before = model_statistics(url)
     sampler.reset("server")
     server_cpu_before = tree_cpu_s(server_pid)
     wall, cpu, peak = run_measured(command, workdir / f"{key}.log", sampler, "client")
     server_cpu = tree_cpu_s(server_pid) - server_cpu_before
     server_peak = sampler.peak_mib("server")
-    stats = statistics_delta(stats_before, model_statistics(url, server.admin_headers))
+    stats = statistics_delta(stats_before, model_statistics(url))
     report = json.loads((out / f"{slide.stem}.json").read_text())
     timings = report["timings_s"]
     config = report["config"]

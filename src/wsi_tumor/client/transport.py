@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 INT32_MAX = 2**31 - 1
 MAX_RECONNECT_BACKOFF_MS = 1000
+KEEPALIVE_MS = 330_000
+"""Keepalive ping interval: above the server's 5-minute minimum between pings."""
 INITIAL_BACKOFF_S = 0.25
 MAX_BACKOFF_S = 4.0
 
@@ -122,8 +124,12 @@ def _channel_args() -> list[tuple[str, Any]]:
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.min_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
-        ("grpc.keepalive_time_ms", 30_000),
+        # gRPC's server default tolerates one ping per 5 minutes without data and drops the
+        # connection after two more: a shorter keepalive killed requests queued for > 90 s
+        # ("Too many pings"). Ping less often than that, only to find dead peers.
+        ("grpc.keepalive_time_ms", KEEPALIVE_MS),
         ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 0),
     ]
 
 

@@ -32,8 +32,10 @@ READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
 LOOPBACK = "127.0.0.1"
 """The only address the local server listens on: nothing on the network can reach it."""
-RESTRICTED_PROTOCOLS = ("shared-memory", "model-repository", "statistics", "trace", "logging")
-"""APIs the client does not use: refused unless the request carries the admin header."""
+RESTRICTED_PROTOCOLS = ("shared-memory", "model-repository", "trace", "logging")
+"""APIs the client does not use and that change the server or read its files: refused unless
+the request carries the admin header. Statistics stay open (read-only; perf_analyzer 2.51
+needs them over gRPC, where it cannot send headers)."""
 ADMIN_HEADER = "wsi-admin-key"
 
 
@@ -91,9 +93,9 @@ class LocalTritonServer:
     """A ``tritonserver`` child process serving ``repository`` on free loopback ports.
 
     It listens on 127.0.0.1 only, with model control off and the APIs the client does not
-    need (shared-memory registration, repository index and control, statistics, trace,
-    logging) restricted to requests carrying :attr:`admin_headers`; metrics are off unless
-    asked for.
+    need that change the server or read its files (shared-memory registration, repository
+    index and control, trace and log settings) restricted to requests carrying
+    :attr:`admin_headers`; metrics are off unless asked for.
 
     Use as a context manager; ``grpc_url``/``http_url`` are ``host:port`` strings for
     tritonclient. The server's log is kept in ``log_path`` and quoted when start-up fails.
@@ -132,7 +134,7 @@ class LocalTritonServer:
 
     @property
     def admin_headers(self) -> dict[str, str]:
-        """gRPC headers that unlock the restricted APIs (statistics, for the benchmarks).
+        """gRPC headers that unlock the restricted APIs (the repository index, for tests).
 
         Triton expects a restricted gRPC protocol's key as ``triton-grpc-protocol-<key>``.
         """
