@@ -226,14 +226,17 @@ def write_summary(
     )
 
 
-DEFAULT_REGIONS_PER_REQUEST = 4
-"""Regions per request when the model sets no limit."""
+REQUEST_BYTES = 24 << 20
+"""Pixel bytes one request may carry by default (with ``--inflight`` it bounds memory): the
+model's limit or this, whichever allows fewer regions (4 regions of k = 8, 5 of k = 16)."""
 
 
 def _regions_per_request(config: InferConfig, info: ModelInfo) -> int:
     wanted = config.regions_per_request
     if wanted is None:
-        return info.max_regions or DEFAULT_REGIONS_PER_REQUEST
+        region_bytes = contract.region_size(config.cells) ** 2 * contract.CHANNELS
+        by_bytes = max(1, REQUEST_BYTES // region_bytes)
+        return min(info.max_regions or by_bytes, by_bytes)
     if info.max_regions is not None and wanted > info.max_regions:
         raise ModelMismatchError(
             f"model {info.name!r} accepts at most {info.max_regions} regions of k = "
