@@ -16,6 +16,9 @@ from pathlib import Path
 
 from wsi_tumor.commandline import EXIT_OK, add_logging_flags, make_parser, run_command
 from wsi_tumor.data.synthetic import SynthConfig, generate
+from wsi_tumor.errors import ConfigError
+
+PRESETS = ("easy", "hard", "hard-small")
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=100,
         help="patch centres per validation list (default 100)",
     )
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default="easy",
+        help="easy: smooth blobs on clean tissue (the demo's); hard: real CAMELYON16 lesion "
+        "shapes with confounders and two staining centres (the accuracy benchmark; --size "
+        "and --tumor-fraction do not apply); hard-small: the same on small slides, for tests and "
+        "quick runs",
+    )
+    parser.add_argument(
+        "--confounders",
+        type=lambda text: [item for item in text.split(",") if item],
+        default=None,
+        help="with --preset hard: the confounders to paint, comma-separated (default: all "
+        "of lymphoid, germinal, fold, blur, pen, stain)",
+    )
     add_logging_flags(parser, verbose=False)
     return parser
 
@@ -86,8 +105,18 @@ def _synth(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     start = time.perf_counter()
-    specs = generate(config)
-    log.info("wrote %d slides to %s in %.1f s", len(specs), args.out, time.perf_counter() - start)
+    if args.preset != "easy":
+        from wsi_tumor.data.hard import SMALL, generate_hard, hard_config_from
+
+        changes = dict(SMALL) if args.preset == "hard-small" else {}
+        if args.confounders is not None:
+            changes["confounders"] = frozenset(args.confounders)
+        count = len(generate_hard(hard_config_from(config, **changes)))
+    else:
+        if args.confounders is not None:
+            raise ConfigError("--confounders applies to the hard presets only")
+        count = len(generate(config))
+    log.info("wrote %d slides to %s in %.1f s", count, args.out, time.perf_counter() - start)
     return EXIT_OK
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -19,8 +20,8 @@ from scipy import ndimage
 
 from wsi_tumor.contract import TRAIN_REGION
 from wsi_tumor.data import layout
-from wsi_tumor.data.annotations import contains
-from wsi_tumor.data.geometry import PLAN_DOWNSAMPLE, SlideGeometry
+from wsi_tumor.data.annotations import Polygon, contains
+from wsi_tumor.data.geometry import PLAN_DOWNSAMPLE
 from wsi_tumor.fileio import write_text
 
 TUMOR_EDGE_PX = 48
@@ -29,7 +30,23 @@ NORMAL_LESION_GAP_PX = 192
 NORMAL_FROM_NORMAL_SLIDES = 0.6
 
 CoordLine = tuple[str, int, int]
-SlideEntry = tuple[str, str, SlideGeometry]
+
+
+class PlannedSlide(Protocol):
+    """What sampling needs of a planned slide (easy :class:`~wsi_tumor.data.geometry.SlideGeometry`
+    or hard :class:`~wsi_tumor.data.hard.plan.TissuePlan`): rasters at ``PLAN_DOWNSAMPLE``."""
+
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def annotations(self) -> tuple[Polygon, ...]: ...
+    def tissue_raster(self) -> npt.NDArray[np.bool_]: ...
+    def tumour_raster(self, include_itc: bool = True) -> npt.NDArray[np.bool_]: ...
+
+
+SlideEntry = tuple[str, str, PlannedSlide]
 
 
 def _erode(mask: npt.NDArray[np.bool_], px: float) -> npt.NDArray[np.bool_]:
@@ -40,7 +57,7 @@ def _erode(mask: npt.NDArray[np.bool_], px: float) -> npt.NDArray[np.bool_]:
 def _draw(
     rng: np.random.Generator,
     name: str,
-    geometry: SlideGeometry,
+    geometry: PlannedSlide,
     cells: npt.NDArray[np.bool_],
     count: int,
     want_tumour: bool,
@@ -61,7 +78,7 @@ def _draw(
         x = ((cols[pick] + rng.random(pick.size)) * PLAN_DOWNSAMPLE).astype(int)
         y = ((rows[pick] + rng.random(pick.size)) * PLAN_DOWNSAMPLE).astype(int)
         inside = (x >= border) & (y >= border)
-        inside &= (x < geometry.size - border) & (y < geometry.size - border)
+        inside &= (x < geometry.width - border) & (y < geometry.height - border)
         points = np.stack([x, y], axis=1)[inside]
         status = (
             contains(geometry.annotations, points)

@@ -63,6 +63,16 @@ class SlideGeometry:
     annotations: tuple[Polygon, ...]
     lesions: tuple[LesionInfo, ...]
 
+    @property
+    def width(self) -> int:
+        """Slide width (the slide is square)."""
+        return self.size
+
+    @property
+    def height(self) -> int:
+        """Slide height."""
+        return self.size
+
     def plan_shape(self) -> tuple[int, int]:
         """(rows, cols) of the planning rasters."""
         side = math.ceil(self.size / PLAN_DOWNSAMPLE)
@@ -85,8 +95,10 @@ def blob(
     axes: tuple[float, float],
     angle: float,
     roughness: float,
+    max_vertices: int = 256,
+    decimals: int | None = 2,
 ) -> Vertices:
-    """An irregular ellipse: radius modulated by random harmonics 2..5, rounded to 0.01 px.
+    """An irregular ellipse: radius modulated by random harmonics 2..5.
 
     Args:
         rng: Random generator.
@@ -94,12 +106,14 @@ def blob(
         axes: Semi-axes (along ``angle``, across) in pixels.
         angle: Orientation in radians.
         roughness: Amplitude of the outline's modulation (0 = ellipse).
+        max_vertices: Most vertices of the outline.
+        decimals: Vertices rounded to this many decimals (None: not rounded).
 
     Returns:
-        (n, 2) vertices, n between 24 and 256 (about one every 40 px).
+        (n, 2) vertices, n between 24 and ``max_vertices`` (about one every 40 px).
     """
     a, b = axes
-    count = int(np.clip(2 * np.pi * max(a, b) / 40, 24, 256))
+    count = int(np.clip(2 * np.pi * max(a, b) / 40, 24, max_vertices))
     theta = np.linspace(0, 2 * np.pi, count, endpoint=False)
     radius = np.ones(count)
     for k in range(2, 6):
@@ -112,7 +126,8 @@ def blob(
     u, v = a * radius * np.cos(theta), b * radius * np.sin(theta)
     x = centre[0] + u * np.cos(angle) - v * np.sin(angle)
     y = centre[1] + u * np.sin(angle) + v * np.cos(angle)
-    return np.round(np.stack([x, y], axis=1), 2)
+    vertices = np.stack([x, y], axis=1)
+    return vertices if decimals is None else np.round(vertices, decimals)
 
 
 def major_axis_px(vertices: Vertices) -> float:

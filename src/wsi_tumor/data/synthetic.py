@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +28,7 @@ from wsi_tumor.data.annotations import (
     write_asap_xml,
     write_ncrf_json,
 )
-from wsi_tumor.data.coords import sample_slide_coords, write_coords
+from wsi_tumor.data.coords import PlannedSlide, sample_slide_coords, write_coords
 from wsi_tumor.data.geometry import SlideGeometry, plan_geometry
 from wsi_tumor.data.texture import TextureKind, random_stain, render_texture
 from wsi_tumor.data.tiff_writer import PyramidSpec, write_pyramid
@@ -176,9 +177,11 @@ class _Painter:
         return out
 
 
-def _mask_renderer(geometry: SlideGeometry) -> Callable[[int, int, int], npt.NDArray[np.uint8]]:
+def mask_renderer(geometry: PlannedSlide) -> Callable[[int, int, int], npt.NDArray[np.uint8]]:
+    """Render ``(level, row0, rows)`` strips of the slide's tumour mask (annotations rasterised)."""
+
     def render_level(level: int, row0: int, rows: int) -> npt.NDArray[np.uint8]:
-        width = math.ceil(geometry.size / 2**level)
+        width = math.ceil(geometry.width / 2**level)
         mask = rasterize_region(geometry.annotations, (0, row0), (rows, width), float(2**level))
         return mask * np.uint8(layout.MASK_TUMOR_VALUE)
 
@@ -217,7 +220,7 @@ def write_slide(
     if tumour:
         write_asap_xml(layout.xml_path(root, spec.name), geometry.annotations)
         write_ncrf_json(layout.json_path(root, spec.name), geometry.annotations)
-        render_level = _mask_renderer(geometry)
+        render_level = mask_renderer(geometry)
         write_pyramid(
             layout.mask_path(root, spec.name),
             PyramidSpec(size, size, 1, layout.MPP, min_levels=layout.MASK_MIN_LEVEL + 1),
@@ -235,16 +238,30 @@ def write_slide(
     return geometry
 
 
-def generate(config: SynthConfig) -> list[SlideSpec]:
-    """Write the whole dataset under ``config.out`` (see :mod:`wsi_tumor.data.layout`).
+class ListedSlide(Protocol):
+    """What the dataset's lists need of a slide's spec."""
 
-    Args:
-        config: Run arguments.
+    @property
+    def name(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def split(self) -> str: ...
 
-    Returns:
-        The slides written, in order.
-    """
-    root = Path(config.out)
+
+class ListSizes(Protocol):
+    """The run arguments the lists depend on (:class:`SynthConfig` and the hard preset's)."""
+
+    @property
+    def seed(self) -> int: ...
+    @property
+    def coords(self) -> int: ...
+    @property
+    def valid_coords(self) -> int: ...
+
+
+def make_dataset_dirs(root: Path) -> None:
+    """Create the dataset's folders (:mod:`wsi_tumor.data.layout`) under ``root``."""
     for sub in (
         layout.IMAGES_DIR,
         layout.ANNOTATIONS_DIR,
@@ -253,16 +270,28 @@ def generate(config: SynthConfig) -> list[SlideSpec]:
         layout.COORDS_DIR,
     ):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    specs = plan_slides(config)
-    geometries: dict[str, SlideGeometry] = {}
-    for spec in tqdm(specs, desc="slides", unit="slide", disable=config.quiet):
-        geometries[spec.name] = write_slide(root, spec, config.size, config.seed, config.quiet)
-    for split, count in (("train", config.coords), ("valid", config.valid_coords)):
+
+
+def write_lists(
+    root: Path,
+    specs: Sequence[ListedSlide],
+    planned: Mapping[str, PlannedSlide],
+    sizes: ListSizes,
+) -> None:
+    """Write the training and validation patch-centre lists and the slide lists.
+
+    Args:
+        root: Dataset root.
+        specs: Every slide, in order.
+        planned: Each slide's plan, by name (where its tissue and lesions are).
+        sizes: Seed and number of centres per training and validation list.
+    """
+    for split, count in (("train", sizes.coords), ("valid", sizes.valid_coords)):
         chosen = [s for s in specs if s.split == split]
         tumour_lines, normal_lines = sample_slide_coords(
-            [(s.name, s.label, geometries[s.name]) for s in chosen],
+            [(s.name, s.label, planned[s.name]) for s in chosen],
             count,
-            np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(7, len(split)))),
+            np.random.default_rng(np.random.SeedSequence(sizes.seed, spawn_key=(7, len(split)))),
         )
         if chosen and not (tumour_lines and normal_lines):
             log.warning("%s split: a coordinate list is empty", split)
@@ -277,6 +306,24 @@ def generate(config: SynthConfig) -> list[SlideSpec]:
         layout.coords_path(root, layout.SLIDES_CSV),
         "slide,label,split\n" + "".join(f"{s.name},{s.label},{s.split}\n" for s in specs),
     )
+
+
+def generate(config: SynthConfig) -> list[SlideSpec]:
+    """Write the whole dataset under ``config.out`` (see :mod:`wsi_tumor.data.layout`).
+
+    Args:
+        config: Run arguments.
+
+    Returns:
+        The slides written, in order.
+    """
+    root = Path(config.out)
+    make_dataset_dirs(root)
+    specs = plan_slides(config)
+    geometries: dict[str, SlideGeometry] = {}
+    for spec in tqdm(specs, desc="slides", unit="slide", disable=config.quiet):
+        geometries[spec.name] = write_slide(root, spec, config.size, config.seed, config.quiet)
+    write_lists(root, specs, geometries, config)
     metadata = {
         "config": {
             k: (str(v) if isinstance(v, Path) else v)

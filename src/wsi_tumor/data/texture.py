@@ -24,6 +24,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft
 
+from wsi_tumor.data.nuclei import Nuclei, jittered_grid, pick, stamp
+
 FloatField = npt.NDArray[np.float32]
 RGB = npt.NDArray[np.uint8]
 TextureKind = Literal["normal", "tumor", "glass"]
@@ -97,108 +99,8 @@ def smooth_noise(
     return field.astype(np.float32, copy=False)
 
 
-@dataclass(frozen=True)
-class _Nuclei:
-    """Parameters of n nuclei (arrays of length n)."""
-
-    cx: npt.NDArray[np.float64]
-    cy: npt.NDArray[np.float64]
-    a: npt.NDArray[np.float64]  # semi-axis along angle, px
-    b: npt.NDArray[np.float64]  # semi-axis across, px
-    angle: npt.NDArray[np.float64]
-    strength: npt.NDArray[np.float64]  # haematoxylin concentration
-    roughness: npt.NDArray[np.float64]  # amplitude of the outline's harmonics
-
-
-def _jittered_grid(
-    rng: np.random.Generator, size: int, spacing: float, jitter: float
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Centres on a jittered square grid that tiles the periodic square."""
-    n = max(1, round(size / spacing))
-    step = size / n
-    gy, gx = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-    cx: npt.NDArray[np.float64] = (gx.ravel() + 0.5) * step + rng.uniform(
-        -jitter, jitter, gx.size
-    ) * step
-    cy: npt.NDArray[np.float64] = (gy.ravel() + 0.5) * step + rng.uniform(
-        -jitter, jitter, gy.size
-    ) * step
-    return cx % size, cy % size
-
-
-def _wrapped(nuclei: _Nuclei, size: int, margin: int) -> _Nuclei:
-    """Add the periodic copies (shifted by +-size) of nuclei within ``margin`` of an edge."""
-    parts = []
-    for sy in (-size, 0, size):
-        for sx in (-size, 0, size):
-            cx, cy = nuclei.cx + sx, nuclei.cy + sy
-            keep = (cx > -margin) & (cx < size + margin) & (cy > -margin) & (cy < size + margin)
-            parts.append((keep, sx, sy))
-    fields = {}
-    for name in ("cx", "cy", "a", "b", "angle", "strength", "roughness"):
-        values = getattr(nuclei, name)
-        shift = {"cx": 1, "cy": 2}.get(name, 0)
-        fields[name] = np.concatenate(
-            [
-                values[keep] + (sx if shift == 1 else sy if shift == 2 else 0)
-                for keep, sx, sy in parts
-            ]
-        )
-    return _Nuclei(**fields)
-
-
-def _stamp(size: int, nuclei: _Nuclei, rim: float, edge: float = 1.2) -> FloatField:
-    """Max-composite soft, irregular elliptic nuclei into a periodic (size, size) field.
-
-    Every nucleus is evaluated on a small window in one vectorised batch; only the
-    compositing (one ``np.maximum`` per nucleus) is a Python loop.
-    """
-    if len(nuclei.cx) == 0:
-        return np.zeros((size, size), np.float32)
-    reach = float(np.max(nuclei.a * (1 + 2.5 * nuclei.roughness))) + 3
-    k = 2 * int(np.ceil(reach)) + 1
-    pad = 2 * k
-    nuclei = _wrapped(nuclei, size, k)
-    count = len(nuclei.cx)
-    canvas = np.zeros((size + 2 * pad, size + 2 * pad), np.float32)
-    grid = np.arange(k, dtype=np.float32) - k // 2
-    harmonics = np.arange(2, 5)
-    rng = np.random.default_rng(count)  # outline phases: any fixed choice will do
-    phases = rng.uniform(0, 2 * np.pi, (count, harmonics.size))
-    amps = nuclei.roughness[:, None] / harmonics[None, :] * rng.uniform(0.5, 1.5, (count, 3))
-    for start in range(0, count, 64):
-        sl = slice(start, min(count, start + 64))
-        ix = np.floor(nuclei.cx[sl]).astype(int)
-        iy = np.floor(nuclei.cy[sl]).astype(int)
-        fx = (nuclei.cx[sl] - ix)[:, None, None].astype(np.float32)
-        fy = (nuclei.cy[sl] - iy)[:, None, None].astype(np.float32)
-        u = grid[None, None, :] - fx
-        v = grid[None, :, None] - fy
-        cos = np.cos(nuclei.angle[sl]).astype(np.float32)[:, None, None]
-        sin = np.sin(nuclei.angle[sl]).astype(np.float32)[:, None, None]
-        a = nuclei.a[sl].astype(np.float32)[:, None, None]
-        b = nuclei.b[sl].astype(np.float32)[:, None, None]
-        ur = (u * cos + v * sin) / a
-        vr = (v * cos - u * sin) / b
-        rho = np.sqrt(ur**2 + vr**2)
-        theta = np.arctan2(vr, ur)
-        outline = np.ones_like(rho)
-        for j, harmonic in enumerate(harmonics):
-            amp = amps[sl, j].astype(np.float32)[:, None, None]
-            phase = phases[sl, j].astype(np.float32)[:, None, None]
-            outline += amp * np.cos(harmonic * theta + phase)
-        inside_px = (outline - rho) * b  # approximate distance to the outline, px
-        alpha = np.clip(inside_px / edge + 0.5, 0.0, 1.0)
-        membrane = 1.0 + rim * np.exp(-(np.maximum(inside_px, 0.0) ** 2) / 4.0)
-        values = alpha * membrane * nuclei.strength[sl].astype(np.float32)[:, None, None]
-        for i in range(values.shape[0]):
-            y0, x0 = iy[i] - k // 2 + pad, ix[i] - k // 2 + pad
-            window = canvas[y0 : y0 + k, x0 : x0 + k]
-            np.maximum(window, values[i], out=window)
-    return canvas[pad:-pad, pad:-pad].copy()
-
-
-def _to_rgb(h: FloatField, e: FloatField, stain: Stain, rng: np.random.Generator) -> RGB:
+def to_rgb(h: FloatField, e: FloatField, stain: Stain, rng: np.random.Generator) -> RGB:
+    """Beer-Lambert: haematoxylin and eosin concentrations -> uint8 RGB, with sensor noise."""
     od = (h * np.float32(stain.h_gain))[..., None] * stain.hematoxylin.astype(np.float32)
     od += (e * np.float32(stain.e_gain))[..., None] * stain.eosin.astype(np.float32)
     del h, e
@@ -207,18 +109,6 @@ def _to_rgb(h: FloatField, e: FloatField, stain: Stain, rng: np.random.Generator
     od += np.float32(2.0) * rng.standard_normal(od.shape, dtype=np.float32)  # sensor noise
     od += np.float32(0.5)
     return np.clip(od, 0, 255).astype(np.uint8)
-
-
-def _pick(
-    rng: np.random.Generator,
-    cx: npt.NDArray[np.float64],
-    cy: npt.NDArray[np.float64],
-    where: npt.NDArray[np.bool_],
-    presence: float,
-) -> npt.NDArray[np.bool_]:
-    size = where.shape[0]
-    keep = where[cy.astype(int) % size, cx.astype(int) % size]
-    return keep & (rng.random(cx.size) < presence)
 
 
 def _normal(size: int, stain: Stain, rng: np.random.Generator) -> RGB:
@@ -233,11 +123,11 @@ def _normal(size: int, stain: Stain, rng: np.random.Generator) -> RGB:
     e = (weight * (0.22 + 0.04 * fine) + (1 - weight) * stroma_e).astype(np.float32)
     h_bg = (0.04 + 0.06 * weight).astype(np.float32)
     # lymphocytes: small, round, uniform
-    cx, cy = _jittered_grid(rng, size, spacing=30.0, jitter=0.3)
-    keep = _pick(rng, cx, cy, lymphoid, 0.78)
+    cx, cy = jittered_grid(rng, size, spacing=30.0, jitter=0.3)
+    keep = pick(rng, cx, cy, lymphoid, 0.78)
     n = int(keep.sum())
     radius = rng.uniform(10.0, 13.0, n)
-    lymph = _Nuclei(
+    lymph = Nuclei(
         cx[keep],
         cy[keep],
         radius,
@@ -247,10 +137,10 @@ def _normal(size: int, stain: Stain, rng: np.random.Generator) -> RGB:
         np.full(n, 0.03),
     )
     # fibroblasts: thin spindles along the fibres
-    cx, cy = _jittered_grid(rng, size, spacing=100.0, jitter=0.4)
-    keep = _pick(rng, cx, cy, ~lymphoid, 0.55)
+    cx, cy = jittered_grid(rng, size, spacing=100.0, jitter=0.4)
+    keep = pick(rng, cx, cy, ~lymphoid, 0.55)
     n = int(keep.sum())
-    spindle = _Nuclei(
+    spindle = Nuclei(
         cx[keep],
         cy[keep],
         rng.uniform(14.0, 22.0, n),
@@ -259,10 +149,10 @@ def _normal(size: int, stain: Stain, rng: np.random.Generator) -> RGB:
         rng.uniform(0.75, 0.95, n),
         np.full(n, 0.04),
     )
-    nuc = np.maximum(_stamp(size, lymph, rim=0.1), _stamp(size, spindle, rim=0.0))
+    nuc = np.maximum(stamp(size, lymph, rim=0.1), stamp(size, spindle, rim=0.0))
     nuc *= 1.0 + 0.08 * fine
     e *= 1.0 - 0.5 * np.minimum(nuc, 1.0)
-    return _to_rgb(h_bg + nuc, e, stain, rng)
+    return to_rgb(h_bg + nuc, e, stain, rng)
 
 
 def _tumour(size: int, stain: Stain, rng: np.random.Generator) -> RGB:
@@ -274,11 +164,11 @@ def _tumour(size: int, stain: Stain, rng: np.random.Generator) -> RGB:
     fibres = smooth_noise(rng, size, sigma=10.0, sigma_across=1.5, angle=float(rng.uniform(0, 3)))
     e[septa] = 0.5 + 0.2 * fibres[septa]
     h_bg = np.where(septa, 0.05, 0.24).astype(np.float32)
-    cx, cy = _jittered_grid(rng, size, spacing=42.0, jitter=0.33)
-    keep = _pick(rng, cx, cy, ~septa, 0.93)
+    cx, cy = jittered_grid(rng, size, spacing=42.0, jitter=0.33)
+    keep = pick(rng, cx, cy, ~septa, 0.93)
     n = int(keep.sum())
     a = np.clip(rng.lognormal(np.log(19.0), 0.18, n), 13.0, 27.0)
-    tumour = _Nuclei(
+    tumour = Nuclei(
         cx[keep],
         cy[keep],
         a,
@@ -287,7 +177,7 @@ def _tumour(size: int, stain: Stain, rng: np.random.Generator) -> RGB:
         rng.uniform(1.05, 1.45, n),
         rng.uniform(0.06, 0.16, n),
     )
-    nuc = _stamp(size, tumour, rim=0.35)
+    nuc = stamp(size, tumour, rim=0.35)
     nuc *= 0.8 + 0.2 * np.clip(1.0 + fine, 0.0, 2.0)  # coarse chromatin
     # nucleoli: one or two small dark dots in most nuclei
     has = rng.random(n) < 0.7
@@ -295,7 +185,7 @@ def _tumour(size: int, stain: Stain, rng: np.random.Generator) -> RGB:
     offset = rng.uniform(0, 0.35, m) * tumour.a[has]
     phi = rng.uniform(0, 2 * np.pi, m)
     r = rng.uniform(2.5, 4.0, m)
-    nucleoli = _Nuclei(
+    nucleoli = Nuclei(
         (tumour.cx[has] + offset * np.cos(phi)) % size,
         (tumour.cy[has] + offset * np.sin(phi)) % size,
         r,
@@ -304,9 +194,9 @@ def _tumour(size: int, stain: Stain, rng: np.random.Generator) -> RGB:
         np.full(m, 1.9),
         np.zeros(m),
     )
-    nuc = np.maximum(nuc, _stamp(size, nucleoli, rim=0.0, edge=1.0))
+    nuc = np.maximum(nuc, stamp(size, nucleoli, rim=0.0, edge=1.0))
     e *= 1.0 - 0.5 * np.minimum(nuc, 1.0)
-    return _to_rgb(h_bg + nuc, e, stain, rng)
+    return to_rgb(h_bg + nuc, e, stain, rng)
 
 
 def _glass(size: int, stain: Stain, rng: np.random.Generator) -> RGB:
