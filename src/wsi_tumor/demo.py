@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -24,14 +23,10 @@ from typing import Any
 
 from wsi_tumor import contract
 from wsi_tumor.commandline import make_parser, run_command
-from wsi_tumor.errors import WsiTumorError
 from wsi_tumor.slide import READER_CHOICES
+from wsi_tumor.stages import Stage, console_script, run_stage
 
 log = logging.getLogger(__name__)
-
-
-class DemoError(WsiTumorError):
-    """A stage of the demo failed; the message names it and its exit code."""
 
 
 @dataclass(frozen=True)
@@ -58,15 +53,6 @@ class DemoConfig:
 
 
 @dataclass
-class Stage:
-    """One command of the demo and how long it took."""
-
-    name: str
-    argv: list[str]
-    seconds: float = 0.0
-
-
-@dataclass
 class DemoPaths:
     """Where each stage writes, under the demo's output directory."""
 
@@ -85,14 +71,6 @@ class DemoPaths:
         self.froc = self.root / "froc"
 
 
-def _script(name: str) -> str:
-    """The console script ``name`` installed beside this interpreter."""
-    path = Path(sys.executable).parent / name
-    if not path.exists():
-        raise DemoError(f"{path}: console script missing; run `make setup`")
-    return str(path)
-
-
 def plan(config: DemoConfig, paths: DemoPaths) -> list[Stage]:
     """The demo's commands, in order."""
     quiet = ["--quiet"] if config.quiet else []
@@ -103,7 +81,7 @@ def plan(config: DemoConfig, paths: DemoPaths) -> list[Stage]:
         Stage(
             "generate the synthetic dataset",
             [
-                _script("wsi-synth"),
+                console_script("wsi-synth"),
                 str(paths.data),
                 "--train",
                 str(config.train_slides),
@@ -125,7 +103,7 @@ def plan(config: DemoConfig, paths: DemoPaths) -> list[Stage]:
         Stage(
             "write the training labels",
             [
-                _script("wsi-labels"),
+                console_script("wsi-labels"),
                 str(paths.data),
                 "--reader",
                 config.reader,
@@ -135,7 +113,7 @@ def plan(config: DemoConfig, paths: DemoPaths) -> list[Stage]:
         Stage(
             "train the ResNet18-FCN",
             [
-                _script("wsi-train"),
+                console_script("wsi-train"),
                 str(paths.data),
                 "--out",
                 str(paths.checkpoints),
@@ -159,7 +137,7 @@ def plan(config: DemoConfig, paths: DemoPaths) -> list[Stage]:
         Stage(
             "export to ONNX and the Triton repository",
             [
-                _script("wsi-export"),
+                console_script("wsi-export"),
                 "--checkpoint",
                 str(paths.checkpoints / "best.pt"),
                 "--repository",
@@ -170,7 +148,7 @@ def plan(config: DemoConfig, paths: DemoPaths) -> list[Stage]:
         Stage(
             "infer the test slides through a local tritonserver",
             [
-                _script("wsi-infer"),
+                console_script("wsi-infer"),
                 *test_slides,
                 "--out",
                 str(paths.predictions),
@@ -186,7 +164,7 @@ def plan(config: DemoConfig, paths: DemoPaths) -> list[Stage]:
         Stage(
             "score FROC (CAMELYON16 protocol)",
             [
-                _script("wsi-froc"),
+                console_script("wsi-froc"),
                 "--detections",
                 str(paths.predictions),
                 "--ground-truth",
@@ -199,18 +177,6 @@ def plan(config: DemoConfig, paths: DemoPaths) -> list[Stage]:
             ],
         ),
     ]
-
-
-def run_stage(stage: Stage) -> None:
-    """Run one command with the terminal attached (progress bars show); raise on failure."""
-    log.info("== %s", stage.name)
-    log.info("$ %s", " ".join(stage.argv))
-    started = time.perf_counter()
-    code = subprocess.call(stage.argv)
-    stage.seconds = time.perf_counter() - started
-    if code != 0:
-        raise DemoError(f"stage '{stage.name}' failed with exit code {code}: {stage.argv[0]}")
-    log.info("   %s: %.0f s", stage.name, stage.seconds)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
