@@ -95,20 +95,27 @@ def _seeded_checkpoint(path: Path) -> Path:
     return path
 
 
-def prepare(args: argparse.Namespace, workdir: Path) -> Prepared:
-    """Synthetic slide, checkpoint and exported repository under ``workdir``."""
+def synth_and_export(
+    workdir: Path, *, slides: int, size: int, seed: int, checkpoint: Path | None
+) -> tuple[list[Path], Path, Path]:
+    """Synthetic slides, a checkpoint (seeded weights unless given) and its exported
+    ``python-onnxruntime`` repository under ``workdir``.
+
+    Returns:
+        (slide paths, checkpoint, repository).
+    """
     from wsi_tumor.data.cli import main as synth_main
     from wsi_tumor.export.cli import ExportConfig, run_export
 
     data = workdir / "data"
     code = synth_main(
-        [str(data), "--train", "1", "--valid", "0", "--test", "0", "--size", str(args.size),
-         "--seed", str(args.seed), "--quiet"]
+        [str(data), "--train", str(slides), "--valid", "0", "--test", "0", "--size", str(size),
+         "--seed", str(seed), "--quiet"]
     )  # fmt: skip
-    slides = sorted((data / "images").glob("*.tif"))
-    if code != 0 or not slides:
+    paths = sorted((data / "images").glob("*.tif"))
+    if code != 0 or not paths:
         raise BenchError(f"wsi-synth failed ({code}) in {data}")
-    checkpoint = args.checkpoint or _seeded_checkpoint(workdir / "checkpoint.pt")
+    checkpoint = checkpoint or _seeded_checkpoint(workdir / "checkpoint.pt")
     repository = workdir / "model_repository"
     run_export(
         ExportConfig(
@@ -117,6 +124,14 @@ def prepare(args: argparse.Namespace, workdir: Path) -> Prepared:
             runtime="python-onnxruntime",
             parity_patches=8,
         )
+    )
+    return paths, checkpoint, repository
+
+
+def prepare(args: argparse.Namespace, workdir: Path) -> Prepared:
+    """Synthetic slide, checkpoint and exported repository under ``workdir``."""
+    slides, checkpoint, repository = synth_and_export(
+        workdir, slides=1, size=args.size, seed=args.seed, checkpoint=args.checkpoint
     )
     geometry, crop = slide_geometry(slides[0], contract.REGION_CELLS)
     return Prepared(slides[0], checkpoint, repository, geometry, crop)

@@ -30,6 +30,10 @@ TYPICAL_TISSUE_FRACTION = 0.3
 """Share of a region's mask cells that are tissue, used for the detector's load."""
 
 
+class PerfTimeoutError(ServerError):
+    """perf_analyzer was still running at its time limit and was killed."""
+
+
 @dataclass(frozen=True)
 class PerfResult:
     """One perf_analyzer measurement.
@@ -167,7 +171,8 @@ def run_perf_analyzer(
         timeout_s: Wall-clock limit of the run.
 
     Raises:
-        ServerError: when perf_analyzer fails, times out or reports nothing.
+        PerfTimeoutError: when it runs past ``timeout_s`` (killed).
+        ServerError: when perf_analyzer fails or reports nothing.
     """
     command = [
         str(find_perf_analyzer()), "-m", model, "-u", url, "-i", "grpc",
@@ -191,7 +196,7 @@ def run_perf_analyzer(
             command, capture_output=True, text=True, timeout=timeout_s, check=False
         )
     except subprocess.TimeoutExpired as exc:
-        raise ServerError(f"perf_analyzer on {model} ran past {timeout_s:.0f} s") from exc
+        raise PerfTimeoutError(f"perf_analyzer on {model} ran past {timeout_s:.0f} s") from exc
     if done.returncode != 0 or not report.is_file():
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
         raise ServerError(f"perf_analyzer on {model} failed ({done.returncode}):\n{tail}")

@@ -1,0 +1,8 @@
+"""``make soak``: a bounded load-and-soak run of the real server -> benchmarks/results/soak/."""
+
+import sys
+
+from wsi_tumor.bench.soak import main
+
+if __name__ == "__main__":
+    sys.exit(main())
