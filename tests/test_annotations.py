@@ -10,14 +10,13 @@ from skimage.draw import polygon as draw_polygon
 
 from wsi_tumor.data.annotations import (
     Polygon,
-    contains,
-    rasterize,
     read_annotations,
     read_asap_xml,
     read_ncrf_json,
     write_asap_xml,
     write_ncrf_json,
 )
+from wsi_tumor.data.polygons import contains, rasterize
 from wsi_tumor.errors import AnnotationError
 
 # A CAMELYON16-style file: two tumour groups, an exclusion hole, float coordinates,

@@ -20,8 +20,9 @@ from scipy import ndimage
 
 from wsi_tumor.contract import TRAIN_REGION
 from wsi_tumor.data import layout
-from wsi_tumor.data.annotations import Polygon, contains
+from wsi_tumor.data.annotations import Polygon
 from wsi_tumor.data.geometry import PLAN_DOWNSAMPLE
+from wsi_tumor.data.polygons import contains
 from wsi_tumor.fileio import write_text
 
 TUMOR_EDGE_PX = 48

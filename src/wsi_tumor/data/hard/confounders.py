@@ -31,19 +31,9 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from wsi_tumor.data.hard.plan import (
-    PLAN_DOWNSAMPLE,
-    Raster,
-    TissuePlan,
-    Vertices,
-    blob,
-    box_of,
-    grow,
-    place_shape,
-    raster_of,
-    shrink,
-    um_to_px,
-)
+from wsi_tumor.data.geometry import PLAN_DOWNSAMPLE
+from wsi_tumor.data.hard.plan import TissuePlan, blob, box_of, place_shape, um_to_px
+from wsi_tumor.data.hard.rasters import Raster, Vertices, grow, raster_of, shrink
 
 ConfounderKind = Literal["lymphoid", "germinal", "fold", "blur", "pen", "stain"]
 CONFOUNDERS: tuple[ConfounderKind, ...] = ("lymphoid", "germinal", "fold", "blur", "pen", "stain")

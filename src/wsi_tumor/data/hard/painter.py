@@ -16,7 +16,6 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from wsi_tumor.data.annotations import fill_polygons, rasterize_region
 from wsi_tumor.data.hard.confounders import INKS, Confounder, ConfounderKind
 from wsi_tumor.data.hard.plan import TissuePlan
 from wsi_tumor.data.hard.textures import (
@@ -24,6 +23,7 @@ from wsi_tumor.data.hard.textures import (
     germinal_centre_texture,
     tumour_texture,
 )
+from wsi_tumor.data.polygons import fill_polygons, rasterize_region
 from wsi_tumor.data.texture import Stain, render_texture, smooth_noise
 
 TEXTURE_SIDE = 1024

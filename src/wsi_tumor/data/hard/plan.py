@@ -20,17 +20,24 @@ from functools import partial
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage, signal
-from skimage.measure import approximate_polygon, find_contours
 
 from wsi_tumor.data import geometry
-from wsi_tumor.data.annotations import Polygon, fill_polygons
+from wsi_tumor.data.annotations import Polygon
 from wsi_tumor.data.geometry import PLAN_DOWNSAMPLE
+from wsi_tumor.data.hard.rasters import (
+    Raster,
+    Vertices,
+    fit_positions,
+    grow,
+    outlines,
+    raster_of,
+    shrink,
+)
 from wsi_tumor.data.hard.shapes import LesionClass, LesionShape, feret_px, rotate
+from wsi_tumor.data.polygons import fill_polygons
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
-"""Downsample of the planning rasters."""
 EDGE_MARGIN_UM = 30.0
 """Lesions stay this far inside the tissue."""
 LESION_GAP_UM = 120.0
@@ -43,9 +50,6 @@ SLIDE_MARGIN_PX = 704
 """Glass around the tissue's bounding box (more than half a 768 px training region)."""
 SLIDE_ROUND_PX = 64
 """Slide sides are multiples of this (one mask cell)."""
-
-Vertices = npt.NDArray[np.float64]
-Raster = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
@@ -140,60 +144,6 @@ def principal_angle(vertices: Vertices) -> float:
     _, vectors = np.linalg.eigh(centred.T @ centred)
     major = vectors[:, -1]
     return float(math.atan2(major[1], major[0]))
-
-
-def raster_of(polygons: Sequence[Vertices], shape: tuple[int, int]) -> Raster:
-    """Polygons filled on a planning raster of ``shape``."""
-    return fill_polygons(polygons, (0, 0), shape, PLAN_DOWNSAMPLE)
-
-
-def grow(raster: Raster, px: float) -> Raster:
-    """Pixels of the planning raster within ``px`` level-0 pixels of ``raster``."""
-    if not raster.any():
-        return raster.copy()
-    near: Raster = ndimage.distance_transform_edt(~raster) * PLAN_DOWNSAMPLE <= px
-    return near
-
-
-def shrink(raster: Raster, px: float) -> Raster:
-    """Pixels of ``raster`` more than ``px`` level-0 pixels from its outside."""
-    inner: Raster = ndimage.distance_transform_edt(raster) * PLAN_DOWNSAMPLE > px
-    return inner
-
-
-def outlines(raster: Raster, min_area_px: float) -> list[Vertices]:
-    """Smooth level-0 outlines of the regions of a planning raster (holes filled)."""
-    filled = ndimage.binary_fill_holes(np.pad(raster, 2))
-    smooth = ndimage.gaussian_filter(filled.astype(np.float32), 1.2)
-    result = []
-    for contour in find_contours(smooth, 0.5):
-        simple = approximate_polygon(contour, 0.4)
-        if len(simple) > 3 and np.allclose(simple[0], simple[-1]):
-            simple = simple[:-1]
-        if len(simple) < 3:
-            continue
-        xy = np.stack([simple[:, 1] - 2 + 0.5, simple[:, 0] - 2 + 0.5], axis=1) * PLAN_DOWNSAMPLE
-        x, y = xy[:, 0], xy[:, 1]
-        area = abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2
-        if area >= min_area_px:
-            result.append(np.round(xy, 1))
-    return result
-
-
-def fit_positions(forbidden: Raster, footprint: Raster) -> npt.NDArray[np.int64]:
-    """Top-left raster positions where ``footprint`` overlaps no forbidden pixel.
-
-    Returns:
-        (n, 2) int (row, col) positions.
-    """
-    rows, cols = forbidden.shape
-    fr, fc = footprint.shape
-    if fr > rows or fc > cols or not footprint.any():
-        return np.zeros((0, 2), np.int64)
-    overlap = signal.fftconvolve(
-        forbidden.astype(np.float32), footprint[::-1, ::-1].astype(np.float32), mode="valid"
-    )
-    return np.argwhere(overlap < 0.5).astype(np.int64)
 
 
 def place_shape(
@@ -360,7 +310,7 @@ def plan_tissue(
     for item in rest:
         found = place_shape(rng, forbidden, item.vertices, tries=10)
         if found is None:
-            logger.debug("%s (%.0f um) fits nowhere: left out", item.key, item.major_um)
+            log.debug("%s (%.0f um) fits nowhere: left out", item.key, item.major_um)
             continue
         angle, shift = found
         done = _transform(item, angle, shift)
