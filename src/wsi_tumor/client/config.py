@@ -9,7 +9,6 @@ from typing import Any
 
 from wsi_tumor import contract
 from wsi_tumor.client.endpoints import MODES, Endpoint, endpoint_for_mode
-from wsi_tumor.cluster import DEFAULT_MAX_RETRIES, SERVER_MODES
 from wsi_tumor.commandline import add_dataclass_flags, add_logging_flags, make_parser, option
 from wsi_tumor.errors import ConfigError, RequestError
 from wsi_tumor.evaluation.nms import NMS_RADIUS, NMS_THRESHOLD
@@ -18,6 +17,12 @@ from wsi_tumor.slide import READER_CHOICES
 from wsi_tumor.slide.tissue import TISSUE_RULES
 
 DEFAULT_REPOSITORY = Path("model_repository")
+
+RAY_SERVER_MODES = ("per-node", "per-task")
+"""``--ray-servers``: where a slide task's Triton server comes from when no ``--url`` is given:
+one per node run by an actor, or one embedded server per task."""
+RAY_MAX_RETRIES = 3
+"""``--ray-max-retries``: times Ray re-runs a slide task whose worker or node died."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ class InferConfig:
         "with --ray and no --url: per-node runs one Triton server per Ray node (an actor, on "
         "--model-repository, which every node must see at the same path); per-task starts an "
         "embedded server in each slide task",
-        choices=SERVER_MODES,
+        choices=RAY_SERVER_MODES,
     )
     ray_task_cpus: float = option(
         1.0,
@@ -126,7 +131,7 @@ class InferConfig:
         metavar="N",
     )
     ray_max_retries: int = option(
-        DEFAULT_MAX_RETRIES,
+        RAY_MAX_RETRIES,
         "with --ray: times a slide task is re-run elsewhere when its worker or node dies",
         metavar="N",
     )

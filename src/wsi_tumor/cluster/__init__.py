@@ -17,11 +17,6 @@ from wsi_tumor.errors import ConfigError
 
 RAY_EXTRA = "pip install 'wsi-tumor[ray]'"
 """How to install the optional Ray dependency."""
-SERVER_MODES = ("per-node", "per-task")
-"""``--ray-servers``: where a slide task's Triton server comes from when no ``--url`` is given:
-one per node run by an actor, or one embedded server per task."""
-DEFAULT_MAX_RETRIES = 3
-"""``--ray-max-retries``: times Ray re-runs a slide task whose worker or node died."""
 
 
 def import_ray() -> ModuleType:
@@ -39,4 +34,4 @@ def import_ray() -> ModuleType:
     return ray
 
 
-__all__ = ["DEFAULT_MAX_RETRIES", "RAY_EXTRA", "SERVER_MODES", "import_ray"]
+__all__ = ["RAY_EXTRA", "import_ray"]

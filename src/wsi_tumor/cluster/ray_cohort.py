@@ -33,7 +33,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from wsi_tumor.client.config import InferConfig
+from wsi_tumor.client.config import RAY_MAX_RETRIES, RAY_SERVER_MODES, InferConfig
 from wsi_tumor.client.outputs import SlideOutputs, output_stem
 from wsi_tumor.client.runner import (
     CohortResult,
@@ -41,7 +41,7 @@ from wsi_tumor.client.runner import (
     discover_slides,
     write_summary,
 )
-from wsi_tumor.cluster import DEFAULT_MAX_RETRIES, SERVER_MODES, import_ray
+from wsi_tumor.cluster import import_ray
 from wsi_tumor.cluster.progress import CohortSnapshot, Ledger, first_line, start_ledger
 from wsi_tumor.cluster.server_actor import (
     NodeServers,
@@ -73,7 +73,7 @@ def run_on_ray(
     slides: Sequence[Path] | None = None,
     servers: str = "per-node",
     task_cpus: float = 1.0,
-    max_retries: int = DEFAULT_MAX_RETRIES,
+    max_retries: int = RAY_MAX_RETRIES,
     progress: Callable[[CohortSnapshot], None] | None = None,
 ) -> CohortResult:
     """Process a cohort with one Ray task per slide; write ``cohort_summary.json`` once.
@@ -101,8 +101,9 @@ def run_on_ray(
         ServerError: no per-node server could be started.
     """
     ray = import_ray()
-    if servers not in SERVER_MODES:
-        raise ConfigError(f"--ray-servers must be one of {', '.join(SERVER_MODES)}, got {servers}")
+    if servers not in RAY_SERVER_MODES:
+        known = ", ".join(RAY_SERVER_MODES)
+        raise ConfigError(f"--ray-servers must be one of {known}, got {servers}")
     if task_cpus <= 0:
         raise ConfigError(f"--ray-task-cpus must be > 0, got {task_cpus}")
     if max_retries < 0:
