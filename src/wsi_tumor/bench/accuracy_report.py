@@ -62,6 +62,46 @@ def confounder_table(
     return rows
 
 
+def false_positives_on(
+    paths: AccuracyPaths, mode: str, tests: dict[str, dict[str, Any]], level: int
+) -> dict[str, int]:
+    """How many of a mode's false-positive candidates lie on each confounder, and in all.
+
+    A candidate is false as in the FROC (the evaluation mask's label 0 under it); it lies on a
+    confounder when it falls in the bounding box of one of that kind on its slide (``stain``:
+    on a test-centre slide). Answers what germinal centres and lymphoid tissue cost, which
+    are on nearly every slide and so cannot be grouped by slide.
+    """
+    from wsi_tumor.data.hard import CONFOUNDERS
+    from wsi_tumor.evaluation.froc import detection_labels
+    from wsi_tumor.evaluation.groundtruth import find_ground_truth, load_tumour_mask, slide_geometry
+    from wsi_tumor.evaluation.masks import evaluation_mask
+    from wsi_tumor.evaluation.nms import read_detections
+
+    counts = dict.fromkeys(["all", *CONFOUNDERS], 0)
+    for name, meta in tests.items():
+        path = paths.predictions(mode) / f"{name}.csv"
+        if not path.is_file():
+            continue
+        det = np.asarray(read_detections(path), np.float64).reshape(-1, 3)
+        geometry = slide_geometry(paths.data / "images", name)
+        tumour = load_tumour_mask(find_ground_truth(paths.data / "masks", name), level, geometry)
+        if tumour is not None:
+            labels = np.asarray(evaluation_mask(tumour, level, geometry.mpp))
+            det = det[detection_labels(name, det, labels, level) == 0]
+        counts["all"] += len(det)
+        for kind in CONFOUNDERS:
+            on = np.full(len(det), kind == "stain" and meta.get("centre") == "test")
+            for confounder in meta.get("confounders", []):
+                if confounder["kind"] == kind:
+                    x0, y0, x1, y1 = confounder["box"]
+                    on |= (
+                        (det[:, 1] >= x0) & (det[:, 1] < x1) & (det[:, 2] >= y0) & (det[:, 2] < y1)
+                    )
+            counts[kind] += int(on.sum())
+    return counts
+
+
 def agreement(paths: AccuracyPaths, slides: Sequence[str]) -> dict[str, Any]:
     """Dense vs exact maps: per slide and pooled over every tissue cell; candidates."""
     from wsi_tumor.evaluation.agreement import (
@@ -134,6 +174,12 @@ def collect(paths: AccuracyPaths, modes: Sequence[str]) -> dict[str, Any]:
         for name, meta in sorted(tests.items())
     }
     results["confounders"] = confounder_table(tests, per_mode)
+    for mode in modes:
+        level = int(_json(paths.froc(mode) / "froc.json")["settings"]["level"])
+        on = false_positives_on(paths, mode, tests, level)
+        results["modes"][mode]["fp_on_confounders"] = on
+        for row in results["confounders"]:
+            row[f"{mode}_fp_on_it"] = on[row["confounder"]]
     if {"exact", "dense"} <= set(modes):
         results["agreement"] = agreement(paths, sorted(tests))
         exact, dense = results["modes"]["exact"], results["modes"]["dense"]
@@ -198,6 +244,13 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += [
             f"- {'PASS' if ok else 'MISS'}: {name}" for name, ok in results["targets"].items()
         ]
+        lesions = modes["exact"]["lesions"]
+        if lesions:
+            lines += [
+                "",
+                f"Resolution: one of the {lesions} lesions found at one more or one fewer of the "
+                f"six FP rates moves the FROC by 1 / (6 x {lesions}) = {1 / (6 * lesions):.4f}.",
+            ]
     if "agreement" in results:
         pooled = results["agreement"]["pooled"]
         lines += [
@@ -215,15 +268,21 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         "## What each confounder costs (per-slide results grouped)",
         "",
-        "Sensitivity = lesions hit / lesions on the tumour slides with (without) the "
-        "confounder; FP/slide over every slide with (without) it.",
+        "FPs on it = false-positive candidates inside a confounder of that kind (its bounding "
+        "box; stain: on test-centre slides), of all the mode's FPs. Sensitivity = lesions hit "
+        "/ lesions on the tumour slides with (without) the confounder; FP/slide over every "
+        "slide with (without) it.",
         "",
-        "| confounder | slides | exact sens with / without | exact FP/slide with / without | "
-        "dense sens with / without | dense FP/slide with / without |",
-        "|---|---|---|---|---|---|",
+        "| confounder | slides | exact FPs on it | dense FPs on it | exact sens with / without "
+        "| exact FP/slide with / without | dense sens with / without | dense FP/slide with / "
+        "without |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in results["confounders"]:
-        cells = []
+        cells = [
+            f"{row[f'{mode}_fp_on_it']} of {modes[mode]['fp_on_confounders']['all']}"
+            for mode in ("exact", "dense")
+        ]
         for mode in ("exact", "dense"):
             for key in ("sensitivity", "fp_per_slide"):
                 pair = (row.get(f"{mode}_{key}_with"), row.get(f"{mode}_{key}_without"))

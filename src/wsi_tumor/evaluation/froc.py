@@ -79,6 +79,35 @@ class SlideResult:
         return sum(1 for i, p in enumerate(self.lesion_probs, start=1) if p > 0 and i not in itc)
 
 
+def detection_labels(
+    name: str, det: FloatArray, label_arr: npt.NDArray[np.integer], level: int
+) -> npt.NDArray[np.int64]:
+    """The evaluation-mask label under each (prob, x, y) detection (0: a false positive).
+
+    Raises:
+        EvaluationError: A detection falls outside the mask (more than the one partial cell
+            a rounded-down mask level may lack).
+    """
+    scale = float(2**level)
+    rows = np.floor(det[:, 2] / scale).astype(np.int64)
+    cols = np.floor(det[:, 1] / scale).astype(np.int64)
+    n_rows, n_cols = label_arr.shape
+    # A mask level whose size was rounded down lacks the slide's last partial cell: a detection
+    # there (the organisers' script raises IndexError) counts in the last cell. Further out is
+    # an error.
+    rows[rows == n_rows] = n_rows - 1
+    cols[cols == n_cols] = n_cols - 1
+    outside = (rows < 0) | (rows >= n_rows) | (cols < 0) | (cols >= n_cols)
+    if np.any(outside):
+        i = int(np.argmax(outside))
+        raise EvaluationError(
+            f"{name}: detection {i + 1} at x={det[i, 1]:g}, y={det[i, 2]:g} (mask cell "
+            f"row {rows[i]}, col {cols[i]}) is outside the level-{level} mask of "
+            f"{n_cols}x{n_rows} (w x h) cells"
+        )
+    return label_arr[rows, cols] if len(det) else np.zeros(0, dtype=np.int64)
+
+
 def evaluate_slide(
     name: str,
     detections: npt.ArrayLike,
@@ -117,24 +146,7 @@ def evaluate_slide(
             num_itc_detections=0,
         )
     label_arr = np.asarray(labels)
-    scale = float(2**level)
-    rows = np.floor(det[:, 2] / scale).astype(np.int64)
-    cols = np.floor(det[:, 1] / scale).astype(np.int64)
-    n_rows, n_cols = label_arr.shape
-    # A mask level whose size was rounded down lacks the slide's last partial cell: a detection
-    # there (the organisers' script raises IndexError) counts in the last cell. Further out is
-    # an error.
-    rows[rows == n_rows] = n_rows - 1
-    cols[cols == n_cols] = n_cols - 1
-    outside = (rows < 0) | (rows >= n_rows) | (cols < 0) | (cols >= n_cols)
-    if np.any(outside):
-        i = int(np.argmax(outside))
-        raise EvaluationError(
-            f"{name}: detection {i + 1} at x={det[i, 1]:g}, y={det[i, 2]:g} (mask cell "
-            f"row {rows[i]}, col {cols[i]}) is outside the level-{level} mask of "
-            f"{n_cols}x{n_rows} (w x h) cells"
-        )
-    hit = label_arr[rows, cols] if len(det) else np.zeros(0, dtype=np.int64)
+    hit = detection_labels(name, det, label_arr, level)
     max_label = int(label_arr.max()) if label_arr.size else 0
     itc_set = {int(i) for i in itc}
     is_itc = np.isin(hit, sorted(itc_set)) if itc_set else np.zeros(len(hit), dtype=bool)
