@@ -87,7 +87,7 @@ def test_verdict_names_each_failure() -> None:
     assert verdict(_results()) == []
     assert verdict(_results(changed=2)) == ["2 good answers changed"]
     assert verdict(_results(lost=1)) == ["1 good answers lost"]
-    assert verdict(_results(tree=0.05)) == ["server RSS grew 5.0% after warm-up (limit 5%)"]
+    assert verdict(_results(tree=0.05)) == ["server memory grew 5.0% after warm-up (limit 5%)"]
     assert "could not be measured" in verdict(_results(tree=None))[0]
     assert verdict(_results(tree=0.07), max_growth=0.10) == []
 
@@ -211,7 +211,7 @@ def test_tiny_soak_against_the_real_server(tmp_path: Path, exported_repository) 
     assert cohort["requests"] >= 1 and cohort["peak_rss_mib"] > 0
     # RSS series of the server, every stub (two tiler instances) and the soak itself
     growth_keys = set(results["rss"]["growth"])
-    assert {"server_tree", "server", "driver"} <= growth_keys
+    assert {"server_tree", "server", "shm_pool", "server_rss_sum", "driver"} <= growth_keys
     assert {"stub:patch_tiler#0", "stub:patch_tiler#1", "stub:tumor_classifier#0",
             "stub:tumor_detector_dense#0", "stub:grid_assembler#0"} <= growth_keys  # fmt: skip
     assert results["rss"]["growth"]["server_tree"]["growth"] is not None

@@ -105,6 +105,17 @@ def test_server_stop_ends_process_group(affine_repository: Path) -> None:
         os.killpg(pid, 0)
 
 
+def test_a_killed_server_leaves_no_shared_memory_behind(affine_repository: Path) -> None:
+    from wsi_tumor.serving.local_server import shm_regions
+
+    server = LocalTritonServer(affine_repository).start()
+    assert server.pid is not None
+    regions = shm_regions(server.pid)
+    assert regions and all(path.exists() for path in regions)  # one per Python-backend stub
+    server.kill()  # SIGKILL: tritonserver cannot unlink them itself
+    assert not any(path.exists() for path in regions)
+
+
 def test_missing_repository_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ServerError, match="does not exist"):
         LocalTritonServer(tmp_path / "nope").start()

@@ -5,13 +5,14 @@ repository: ``tumor_detector``, ``tumor_detector_dense``, ``tumor_classifier``) 
 at once: ``--clients`` cohort clients (``wsi-infer`` processes over synthetic slides, in a
 loop, modes taken in turn from ``--modes``), perf_analyzer in two windows, and a stream of
 malformed requests with good ones interleaved (:mod:`~wsi_tumor.bench.soak_requests`).
-Every good answer must equal, bit for bit, the first answer to the same question. RSS of
-the server, of each Python-backend stub and of the clients is sampled throughout; growth is
-measured after warm-up (:mod:`~wsi_tumor.bench.soak_report`).
+Every good answer must equal, bit for bit, the first answer to the same question. Memory
+of the server and of each Python-backend stub (private pages, plus the shared-memory pool
+counted once) and the clients' RSS are sampled throughout; growth is measured after warm-up
+(:mod:`~wsi_tumor.bench.soak_report`).
 
 Writes ``results.json``, ``report.md`` and ``rss.png`` to ``--out``. Exit codes: 0 passed;
 1 a good answer changed or was lost, a malformed request was answered OK, the server died,
-or the server tree's RSS grew by 5 % or more after warm-up; 2 bad flags.
+or the server's memory grew by 5 % or more after warm-up; 2 bad flags.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: seeded weights")
     parser.add_argument("--warmup-s", type=float, default=None, help="default: see report")
     parser.add_argument("--huge-mib", type=float, default=None, help="largest request (64; 16)")
-    parser.add_argument("--sample-s", type=float, default=None, help="RSS period (2; 1 quick)")
+    parser.add_argument("--sample-s", type=float, default=None, help="sampling period (2; 1 quick)")
     parser.add_argument("--pause-s", type=float, default=0.1, help="pause between bad requests")
     parser.add_argument(
         "--request-timeout-s", type=float, default=600.0, help="deadline of a stream request"

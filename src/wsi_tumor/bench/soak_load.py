@@ -37,6 +37,7 @@ from wsi_tumor.bench.perf_analyzer import (
 )
 from wsi_tumor.bench.resources import MIB, tree, tree_rss_mib
 from wsi_tumor.errors import ServerError
+from wsi_tumor.serving.local_server import shm_regions
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +254,13 @@ class PerfLoop(threading.Thread):
 
 
 class RssSampler(threading.Thread):
-    """Samples RSS (MiB) every ``interval_s``: server process, each stub, the server tree,
-    each cohort client's tree (by ``pids``), perf_analyzer and this process."""
+    """Samples memory (MiB) every ``interval_s``: the server's and each stub's private memory
+    (USS), the Python backend's shared-memory pool (the tmpfs pages of the regions the
+    server maps), their sum (``server_tree``, each page counted once), each cohort client's
+    tree RSS (by ``pids``), perf_analyzer and this process.
+
+    Summing RSS over the server tree counts the pool twice (server and stub map the same
+    region) and grows as either touches more pages of a pool whose size does not change."""
 
     def __init__(
         self, server_pid: int, pids: dict[str, int], clock: Clock, interval_s: float
@@ -289,15 +295,24 @@ class RssSampler(threading.Thread):
     def sample(self) -> dict[str, Any]:
         """One sample of every watched process."""
         stubs: dict[str, float] = {}
-        server = 0.0
+        server = rss_sum = 0.0
         perf = 0.0
         for process in tree(self.server_pid):
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
-                rss = process.memory_info().rss / MIB
+                memory = process.memory_full_info()
+                rss_sum += memory.rss / MIB
                 if process.pid == self.server_pid:
-                    server = rss
+                    server = memory.uss / MIB
                 elif STUB_NAME in process.name() or STUB_NAME in " ".join(process.cmdline()[:1]):
-                    stubs[self._stub_label(process)] = round(rss, 1)
+                    stubs[self._stub_label(process)] = round(memory.uss / MIB, 1)
+        pool = (
+            sum(
+                path.stat().st_blocks * 512
+                for path in shm_regions(self.server_pid)
+                if path.exists()
+            )
+            / MIB
+        )
         for process in psutil.Process().children(recursive=True):
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                 if "perf_analyzer" in process.name():
@@ -305,8 +320,10 @@ class RssSampler(threading.Thread):
         clients = {name: round(tree_rss_mib(pid), 1) for name, pid in list(self.pids.items())}
         return {
             "t": round(self.clock.now(), 2),
-            "server_tree": round(server + sum(stubs.values()), 1),
+            "server_tree": round(server + sum(stubs.values()) + pool, 1),
             "server": round(server, 1),
+            "shm_pool": round(pool, 1),
+            "server_rss_sum": round(rss_sum, 1),
             "stubs": stubs,
             "clients": clients,
             "perf_analyzer": round(perf, 1),

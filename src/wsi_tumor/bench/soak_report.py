@@ -90,7 +90,7 @@ def rss_series(samples: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
     aligned with the samples (0 where a process was absent)."""
     stubs = sorted({label for s in samples for label in s["stubs"]})
     series: dict[str, list[float]] = {"t": [s["t"] for s in samples]}
-    for key in ("server_tree", "server"):
+    for key in ("server_tree", "server", "shm_pool", "server_rss_sum"):
         series[key] = [s[key] for s in samples]
     for label in stubs:
         series[f"stub:{label}"] = [s["stubs"].get(label, 0.0) for s in samples]
@@ -103,7 +103,12 @@ def rss_series(samples: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
 def rss_summary(samples: Sequence[dict[str, Any]], windows: Windows) -> dict[str, Any]:
     """Growth of the server tree, the server process, each stub and this process."""
     series = rss_series(samples)
-    keys = [k for k in series if k in ("server_tree", "server", "driver") or k.startswith("stub:")]
+    keys = [
+        k
+        for k in series
+        if k in ("server_tree", "server", "shm_pool", "server_rss_sum", "driver")
+        or k.startswith("stub:")
+    ]
     return {key: growth(series["t"], series[key], windows) for key in keys}
 
 
@@ -124,9 +129,9 @@ def verdict(results: dict[str, Any], max_growth: float = MAX_GROWTH) -> list[str
         reasons.append(f"{results['stream']['bad_accepted']} malformed requests were answered OK")
     tree = results["rss"]["growth"].get("server_tree", {}).get("growth")
     if tree is None:
-        reasons.append("server RSS growth could not be measured (too few samples)")
+        reasons.append("server memory growth could not be measured (too few samples)")
     elif tree >= max_growth:
-        reasons.append(f"server RSS grew {tree:.1%} after warm-up (limit {max_growth:.0%})")
+        reasons.append(f"server memory grew {tree:.1%} after warm-up (limit {max_growth:.0%})")
     if not results["server"]["alive_at_end"]:
         reasons.append("the server was not running at the end")
     return reasons
@@ -168,11 +173,14 @@ def readme_table(results: dict[str, Any]) -> str:
          f"end: {p['cut']})"),
         ("nothing lost", f"{a['compared']:,} good answers compared bit for bit: "
          f"{a['changed']} changed, {a['lost']} lost"),
-        ("server RSS after warm-up", f"tree {_pct(rss['server_tree']['growth'])} "
-         f"({_mib(rss['server_tree']['baseline'])} -> {_mib(rss['server_tree']['final'])} "
-         f"MiB; trend over the second half {rss['server_tree']['trend_mib_per_min']} "
-         f"MiB/min), server process {_pct(rss['server']['growth'])}"
-         + (f", largest stub change {worst[5:]} {_pct(stubs[worst])}" if worst else "")),
+        ("server memory after warm-up", f"server + stubs private + shared pool "
+         f"{_pct(rss['server_tree']['growth'])} ({_mib(rss['server_tree']['baseline'])} -> "
+         f"{_mib(rss['server_tree']['final'])} MiB; trend over the second half "
+         f"{rss['server_tree']['trend_mib_per_min']} MiB/min); server process private "
+         f"{_pct(rss['server']['growth'])}, shared pool {_pct(rss['shm_pool']['growth'])}"
+         + (f", largest stub change {worst[5:]} {_pct(stubs[worst])}" if worst else "")
+         + f"; RSS summed over the tree (pool counted twice) "
+         f"{_pct(rss['server_rss_sum']['growth'])}"),
         ("client RSS", f"cohort client peak {_mib(c['peak_rss_mib'])} MiB (sampled); soak "
          f"driver (streams, perf_analyzer's parent) "
          f"{_mib(rss['driver']['baseline'])} -> {_mib(rss['driver']['final'])} MiB "

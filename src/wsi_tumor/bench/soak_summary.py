@@ -13,11 +13,11 @@ from wsi_tumor.bench.soak_report import clients_peak_mib, rss_summary
 
 
 def progress(now: float, sampler: Any, streams: list[Any], clients: list[Any]) -> str:
-    """One line on the run so far: requests sent, cohort runs, the server tree's RSS."""
+    """One line on the run so far: requests sent, cohort runs, the server's memory."""
     sent = sum(sum(c.values()) for stream in streams for c in stream.counts.values())
     rss = sampler.samples[-1]["server_tree"] if sampler.samples else 0.0
     runs = sum(len(client.runs) for client in clients)
-    return f"{now:5.0f} s: {sent} stream requests, {runs} cohort runs, server tree {rss:.0f} MiB"
+    return f"{now:5.0f} s: {sent} stream requests, {runs} cohort runs, server {rss:.0f} MiB"
 
 
 def cohort_summary(clients: list[Any], samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -46,6 +46,17 @@ blocks are freed (up to 32 MiB), after which regions, patches and grids come fro
 that fragment and are not returned: server and stub RSS crept up under ``make soak``."""
 
 
+def shm_regions(pid: int) -> list[Path]:
+    """The shared-memory files (``/dev/shm``) process ``pid`` maps: for a tritonserver, the
+    Python backend's regions, one per stub. Empty where ``/proc`` cannot be read."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return []
+    found = {line.split(None, 5)[5].strip() for line in maps.splitlines() if "/dev/shm/" in line}
+    return sorted(Path(path) for path in found if not path.endswith("(deleted)"))
+
+
 def find_executable(name: str, env_var: str) -> Path:
     """Locate a binary of ``make setup``: ``$env_var``, then PATH, then this venv's bin.
 
@@ -128,6 +139,7 @@ class LocalTritonServer:
     admin_key: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _owns_log: bool = field(default=False, init=False, repr=False)
+    _shm: list[Path] = field(default_factory=list, init=False, repr=False)
 
     @property
     def http_url(self) -> str:
@@ -205,6 +217,7 @@ class LocalTritonServer:
                 start_new_session=True,
             )
         self._wait_ready()
+        self._shm = shm_regions(self._process.pid)
         log.info("tritonserver ready: grpc %s, http %s", self.grpc_url, self.http_url)
         return self
 
@@ -263,6 +276,7 @@ class LocalTritonServer:
                     log.warning("tritonserver did not stop on %s; escalating", sig.name)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+        self._remove_shm()
         if self._owns_log and self.log_path is not None:
             self.log_path.unlink(missing_ok=True)
             self.log_path, self._owns_log = None, False
@@ -275,6 +289,14 @@ class LocalTritonServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+        self._remove_shm()
+
+    def _remove_shm(self) -> None:
+        """Unlink the Python backend's shared-memory regions a killed server leaves behind
+        (a clean shutdown removes them itself; these would hold their memory until reboot)."""
+        for path in self._shm:
+            path.unlink(missing_ok=True)
+        self._shm = []
 
     def __enter__(self) -> LocalTritonServer:
         return self.start()
