@@ -49,13 +49,18 @@ def tissue_image(width: int, height: int, seed: int = 0, blank: bool = False) ->
         small = ((yy - 0.8 * height) / (0.1 * height)) ** 2 + (
             (xx - 0.2 * width) / (0.08 * width)
         ) ** 2 < 1
-        tissue = big | small
-        nuclei = rng.random((height // 8 + 1, width // 8 + 1)) < 0.3
-        nuclei = np.kron(nuclei, np.ones((8, 8)))[:height, :width].astype(bool)
-        pink, purple = np.array([225, 140, 190]), np.array([120, 60, 160])
-        colour = np.where(nuclei[..., None], purple, pink) + rng.normal(0, 12, (height, width, 3))
-        image[tissue] = colour[tissue]
+        paint_tissue(image, big | small, rng)
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def paint_tissue(image: np.ndarray, tissue: np.ndarray, rng: np.random.Generator) -> None:
+    """Paint H&E-like tissue (pink stroma, 8 px purple nuclei) into ``image`` where ``tissue``."""
+    height, width = tissue.shape
+    nuclei = rng.random((height // 8 + 1, width // 8 + 1)) < 0.3
+    nuclei = np.kron(nuclei, np.ones((8, 8)))[:height, :width].astype(bool)
+    pink, purple = np.array([225, 140, 190]), np.array([120, 60, 160])
+    colour = np.where(nuclei[..., None], purple, pink) + rng.normal(0, 12, (height, width, 3))
+    image[tissue] = colour[tissue]
 
 
 def write_slide(path: Path, image: np.ndarray) -> Path:

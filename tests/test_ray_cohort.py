@@ -33,13 +33,11 @@ import numpy as np
 import psutil
 import pytest
 
-from wsi_tumor import contract
 from wsi_tumor.client.config import InferConfig
 from wsi_tumor.client.outputs import SlideOutputs
 from wsi_tumor.client.runner import SUMMARY_NAME, SlideOutcome, run_slides
 from wsi_tumor.cluster.progress import CohortSnapshot, PatchReporter, ProgressLedger
 from wsi_tumor.cluster.ray_cohort import RaySlideOutcome, run_on_ray
-from wsi_tumor.data.tiff_writer import PyramidSpec, write_pyramid
 from wsi_tumor.errors import ConfigError
 
 START_TIMEOUT_S = 180.0
@@ -160,24 +158,15 @@ def test_a_retry_of_a_finished_slide_returns_the_report_of_the_earlier_attempt(
 
 def tissue_image(width: int, height: int, seed: int) -> np.ndarray:
     """Glass with an elliptic H&E-like tissue whose size and place depend on ``seed``."""
+    from test_client import paint_tissue
+
     rng = np.random.default_rng(seed)
     image = rng.normal(236, 3, (height, width, 3))
     yy, xx = np.mgrid[:height, :width]
     cy, cx = rng.uniform(0.4, 0.6) * height, rng.uniform(0.4, 0.6) * width
     tissue = ((yy - cy) / (0.3 * height)) ** 2 + ((xx - cx) / (0.3 * width)) ** 2 < 1
-    nuclei = rng.random((height // 8 + 1, width // 8 + 1)) < 0.3
-    nuclei = np.kron(nuclei, np.ones((8, 8)))[:height, :width].astype(bool)
-    pink, purple = np.array([225, 140, 190]), np.array([120, 60, 160])
-    colour = np.where(nuclei[..., None], purple, pink) + rng.normal(0, 12, (height, width, 3))
-    image[tissue] = colour[tissue]
+    paint_tissue(image, tissue, rng)
     return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def write_slide(path: Path, image: np.ndarray) -> Path:
-    height, width = image.shape[:2]
-    spec = PyramidSpec(width, height, 3, contract.DEFAULT_MPP, min_size=64)
-    write_pyramid(path, spec, lambda row0, rows: image[row0 : row0 + rows])
-    return path
 
 
 def free_port() -> int:
@@ -383,6 +372,8 @@ def ray_cluster() -> Iterator[LocalRayCluster]:
 
 @pytest.fixture(scope="module")
 def slide_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_client import write_slide
+
     root = tmp_path_factory.mktemp("ray_slides")
     for index in range(SLIDES):
         write_slide(root / f"slide_{index}.tif", tissue_image(WIDTH, HEIGHT, seed=10 + index))

@@ -109,23 +109,13 @@ def test_a_full_disk_leaves_nothing_that_looks_complete(tmp_path: Path) -> None:
         subprocess.run(["umount", str(mount)], check=False)
 
 
-def _write_slide(path: Path, image: np.ndarray) -> Path:
-    from wsi_tumor import contract
-    from wsi_tumor.data.tiff_writer import PyramidSpec, write_pyramid
-
-    height, width = image.shape[:2]
-    spec = PyramidSpec(width, height, 3, contract.DEFAULT_MPP, min_size=64)
-    write_pyramid(path, spec, lambda row0, rows: image[row0 : row0 + rows])
-    return path
-
-
 @pytest.fixture(scope="module")
 def reliability_slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from test_client import tissue_image
+    from test_client import tissue_image, write_slide
 
     root = tmp_path_factory.mktemp("reliability")
-    good = _write_slide(root / "good.tif", tissue_image(1536, 1024, seed=1))
-    small = _write_slide(root / "small.tif", tissue_image(512, 384, seed=3))
+    good = write_slide(root / "good.tif", tissue_image(1536, 1024, seed=1))
+    small = write_slide(root / "small.tif", tissue_image(512, 384, seed=3))
     damaged = root / "damaged.tif"
     data = bytearray(good.read_bytes())
     with tifffile.TiffFile(good) as tif:
