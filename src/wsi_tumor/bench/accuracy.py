@@ -16,7 +16,6 @@ flags.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
@@ -26,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from wsi_tumor.commandline import EXIT_OK, make_parser, run_command
 from wsi_tumor.demo import DemoConfig, classifier_patches_per_s
@@ -212,8 +210,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv,
         log_format="%(asctime)s %(name)s: %(message)s",
     )
-
-
-def load_json(path: Path) -> Any:
-    """A JSON file's content."""
-    return json.loads(path.read_text(encoding="utf-8"))

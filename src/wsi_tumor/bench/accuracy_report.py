@@ -120,9 +120,8 @@ def agreement(paths: AccuracyPaths, slides: Sequence[str]) -> dict[str, Any]:
         per_slide[name] = map_agreement(exact, dense, cells).to_json()
         exact_cells.append(exact[cells])
         dense_cells.append(dense[cells])
-        scale = json.loads((paths.predictions("exact") / f"{name}.json").read_text())["resolution"][
-            "slide_px_per_view_px"
-        ]
+        report = _json(paths.predictions("exact") / f"{name}.json")
+        scale = report["resolution"]["slide_px_per_view_px"]
         found = matched_detections(
             read_detections(paths.predictions("exact") / f"{name}.csv"),
             read_detections(paths.predictions("dense") / f"{name}.csv"),
@@ -145,10 +144,11 @@ def collect(paths: AccuracyPaths, modes: Sequence[str]) -> dict[str, Any]:
         "tumour_test_slides": sum(s["label"] == "tumor" for s in tests.values()),
         "lesions_by_class": _lesion_classes(tests.values()),
     }}  # fmt: skip
-    per_mode = {}
+    per_mode, levels = {}, {}
     for mode in modes:
         froc = _json(paths.froc(mode) / "froc.json")
         per_mode[mode] = {s["slide"]: s for s in froc["per_slide"]}
+        levels[mode] = int(froc["settings"]["level"])
         results["modes"][mode] = {
             "froc": froc["froc"],
             "sensitivity_at_fp": froc["sensitivity_at_fp"],
@@ -175,8 +175,7 @@ def collect(paths: AccuracyPaths, modes: Sequence[str]) -> dict[str, Any]:
     }
     results["confounders"] = confounder_table(tests, per_mode)
     for mode in modes:
-        level = int(_json(paths.froc(mode) / "froc.json")["settings"]["level"])
-        on = false_positives_on(paths, mode, tests, level)
+        on = false_positives_on(paths, mode, tests, levels[mode])
         results["modes"][mode]["fp_on_confounders"] = on
         for row in results["confounders"]:
             row[f"{mode}_fp_on_it"] = on[row["confounder"]]

@@ -139,7 +139,7 @@ def calibrate(url: str, workdir: Path) -> dict[str, Any]:
 def measure(args: argparse.Namespace, slides: list[Path], repository: Path, workdir: Path) -> Any:
     """Start the server, run the load for ``--duration-s``, return what the threads saw."""
     from wsi_tumor.bench.machine import describe_machine
-    from wsi_tumor.bench.soak_load import Clock, CohortClient, MapReferences, PerfLoop, RssSampler
+    from wsi_tumor.bench.soak_load import Clock, CohortClient, PerfLoop, References, RssSampler
     from wsi_tumor.bench.soak_requests import MIB, BadRequestGenerator, good_requests
     from wsi_tumor.bench.soak_stream import RequestStream, bad_requests, good_cycle
     from wsi_tumor.bench.soak_summary import progress
@@ -157,7 +157,7 @@ def measure(args: argparse.Namespace, slides: list[Path], repository: Path, work
         before = server_counts(url)
         clock = Clock(time.monotonic(), args.duration_s, max(120.0, 0.5 * args.duration_s))
         pids: dict[str, int] = {}
-        references = MapReferences()
+        references = References()
         sampler = RssSampler(server.pid, pids, clock, args.sample_s)
         generator = BadRequestGenerator(args.seed, int(args.huge_mib * MIB))
         streams = [

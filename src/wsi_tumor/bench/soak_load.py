@@ -2,7 +2,7 @@
 
 - :class:`CohortClient`: ``python -m wsi_tumor.client.cli`` over the slides, again and again
   until the deadline; every map must equal, bit for bit, the first map of its slide and mode
-  (:class:`MapReferences`).
+  (:class:`References`).
 - :class:`PerfLoop`: the real perf_analyzer on ``tumor_classifier`` and ``tumor_detector``,
   run back to back inside given time windows, over gRPC.
 - the request streams live in :mod:`wsi_tumor.bench.soak_stream`.
@@ -66,15 +66,17 @@ class Clock:
         return not self.stop.wait(max(0.0, t - self.now()))
 
 
-class MapReferences:
-    """The first map of each (mode, slide): every later one must be identical to it."""
+class References:
+    """The first answer to each question (a (mode, slide) map, a stream request's output):
+    every later answer to it must be identical, bit for bit."""
 
     def __init__(self) -> None:
         self._maps: dict[tuple[str, str], npt.NDArray[Any]] = {}
         self._lock = threading.Lock()
 
     def check(self, mode: str, slide: str, array: npt.NDArray[Any]) -> tuple[str, float]:
-        """("reference" | "same" | "changed", max |diff|) of ``array`` against the first."""
+        """("reference" | "same" | "changed", max |diff|) of ``array`` against the first
+        answer to (``mode``, ``slide``)."""
         with self._lock:
             reference = self._maps.setdefault((mode, slide), array)
         if reference is array:
@@ -97,7 +99,7 @@ class CohortClient(threading.Thread):
         url: str,
         workdir: Path,
         clock: Clock,
-        references: MapReferences,
+        references: References,
         pids: dict[str, int],
     ) -> None:
         super().__init__(name=f"cohort-{index}", daemon=True)

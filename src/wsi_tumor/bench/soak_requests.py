@@ -22,9 +22,9 @@ import numpy as np
 import numpy.typing as npt
 
 from wsi_tumor import contract
+from wsi_tumor.bench.resources import MIB
 from wsi_tumor.serving.limits import DENSE_MAX_REGIONS, MAX_PATCHES_PER_REQUEST
 
-MIB = 2**20
 ENSEMBLE, DENSE, CLASSIFIER = (
     contract.ENSEMBLE_MODEL,
     contract.DENSE_MODEL,

@@ -18,15 +18,12 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 
+from wsi_tumor.bench.soak_load import Clock, References
 from wsi_tumor.bench.soak_requests import MIB, BadRequestGenerator, SoakRequest
-
-if TYPE_CHECKING:
-    from wsi_tumor.bench.soak_load import Clock
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +123,7 @@ class RequestStream(threading.Thread):
         self.examples: dict[str, str] = {}
         self.huge: list[dict[str, Any]] = []
         self.bytes_sent = 0
-        self._references: dict[str, npt.NDArray[Any]] = {}
+        self._references = References()
 
     def run(self) -> None:
         """Send until the clock stops the load."""
@@ -158,13 +155,11 @@ class RequestStream(threading.Thread):
         if not request.good or outcome.status != "OK" or outcome.output is None:
             return
         self.latencies[request.kind].append(outcome.latency_s)
-        reference = self._references.setdefault(request.kind, outcome.output)
-        if reference is outcome.output:
+        status, _ = self._references.check("stream", request.kind, outcome.output)
+        if status == "reference":
             return
         self.compared[request.kind] += 1
-        if reference.shape != outcome.output.shape or not np.array_equal(
-            reference, outcome.output, equal_nan=True
-        ):
+        if status == "changed":
             self.changed[request.kind] += 1
             log.error("stream: %s answered differently from its reference", request.kind)
 
