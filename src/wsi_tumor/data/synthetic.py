@@ -173,7 +173,7 @@ class _Painter:
         return out
 
 
-def mask_renderer(geometry: PlannedSlide) -> Callable[[int, int, int], npt.NDArray[np.uint8]]:
+def _mask_renderer(geometry: PlannedSlide) -> Callable[[int, int, int], npt.NDArray[np.uint8]]:
     """Render ``(level, row0, rows)`` strips of the slide's tumour mask (annotations rasterised)."""
 
     def render_level(level: int, row0: int, rows: int) -> npt.NDArray[np.uint8]:
@@ -182,6 +182,19 @@ def mask_renderer(geometry: PlannedSlide) -> Callable[[int, int, int], npt.NDArr
         return mask * np.uint8(layout.MASK_TUMOR_VALUE)
 
     return render_level
+
+
+def write_ground_truth(root: Path, name: str, slide: PlannedSlide) -> None:
+    """A tumour slide's annotations (ASAP XML, NCRF JSON) and its pyramidal tumour mask."""
+    write_asap_xml(layout.xml_path(root, name), slide.annotations)
+    write_ncrf_json(layout.json_path(root, name), slide.annotations)
+    render_level = _mask_renderer(slide)
+    write_pyramid(
+        layout.mask_path(root, name),
+        PyramidSpec(slide.width, slide.height, 1, layout.MPP, min_levels=layout.MASK_MIN_LEVEL + 1),
+        lambda row0, rows: render_level(0, row0, rows),
+        render_level=render_level,
+    )
 
 
 def write_slide(
@@ -214,15 +227,7 @@ def write_slide(
             progress=bar.update,
         )
     if tumour:
-        write_asap_xml(layout.xml_path(root, spec.name), geometry.annotations)
-        write_ncrf_json(layout.json_path(root, spec.name), geometry.annotations)
-        render_level = mask_renderer(geometry)
-        write_pyramid(
-            layout.mask_path(root, spec.name),
-            PyramidSpec(size, size, 1, layout.MPP, min_levels=layout.MASK_MIN_LEVEL + 1),
-            lambda row0, rows: render_level(0, row0, rows),
-            render_level=render_level,
-        )
+        write_ground_truth(root, spec.name, geometry)
     log.info(
         "%s (%s, %s): %d lesion(s) %s",
         spec.name,

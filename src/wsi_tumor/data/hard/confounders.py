@@ -140,10 +140,9 @@ def _curve_band(
 
 
 def _follicles(
-    rng: np.random.Generator, plan: TissuePlan, free: Raster, rates: Rates, mpp: float
+    rng: np.random.Generator, plan: TissuePlan, free: Raster, expected: float, mpp: float
 ) -> list[Confounder]:
-    tissue_mm2 = float(plan.tissue_raster().sum()) * (PLAN_DOWNSAMPLE * mpp / 1000) ** 2
-    count = int(np.clip(rng.poisson(rates.germinal_per_mm2 * tissue_mm2), 1, 5))
+    count = int(np.clip(rng.poisson(expected), 1, 5))
     found = []
     for _ in range(count):
         radius = um_to_px(rng.uniform(90.0, 220.0), mpp)
@@ -182,10 +181,9 @@ def _follicles(
 
 
 def _lymphoid(
-    rng: np.random.Generator, plan: TissuePlan, free: Raster, rates: Rates, mpp: float
+    rng: np.random.Generator, plan: TissuePlan, free: Raster, expected: float, mpp: float
 ) -> list[Confounder]:
-    tissue_mm2 = float(plan.tissue_raster().sum()) * (PLAN_DOWNSAMPLE * mpp / 1000) ** 2
-    count = int(np.clip(rng.poisson(rates.lymphoid_per_mm2 * tissue_mm2), 1, 4))
+    count = int(np.clip(rng.poisson(expected), 1, 4))
     found = []
     for _ in range(count):
         a = um_to_px(rng.uniform(70.0, 220.0), mpp)
@@ -323,8 +321,9 @@ def plan_confounders(
     rates = rates or Rates()
     tissue = plan.tissue_raster()
     free = shrink(tissue, um_to_px(25.0, mpp)) & ~grow(plan.tumour_raster(), um_to_px(60.0, mpp))
-    found = _follicles(rng, plan, free, rates, mpp)
-    found += _lymphoid(rng, plan, free, rates, mpp)
+    tissue_mm2 = float(tissue.sum()) * (PLAN_DOWNSAMPLE * mpp / 1000) ** 2
+    found = _follicles(rng, plan, free, rates.germinal_per_mm2 * tissue_mm2, mpp)
+    found += _lymphoid(rng, plan, free, rates.lymphoid_per_mm2 * tissue_mm2, mpp)
     draws = rng.random(3)
     fold = _fold(rng, plan, tissue, mpp)
     blur = _blur(rng, plan, tissue, rates, mpp)

@@ -27,7 +27,6 @@ import numpy as np
 from tqdm import tqdm
 
 from wsi_tumor.data import layout
-from wsi_tumor.data.annotations import write_asap_xml, write_ncrf_json
 from wsi_tumor.data.hard.config import HardConfig
 from wsi_tumor.data.hard.confounders import (
     Confounder,
@@ -37,7 +36,7 @@ from wsi_tumor.data.hard.painter import HardPainter
 from wsi_tumor.data.hard.plan import Budget, TissuePlan, plan_tissue
 from wsi_tumor.data.hard.shapes import CLASSES, LesionShape, ShapeTable, load_table
 from wsi_tumor.data.hard.textures import Centre, centre_stain
-from wsi_tumor.data.synthetic import make_dataset_dirs, mask_renderer, write_lists
+from wsi_tumor.data.synthetic import make_dataset_dirs, write_ground_truth, write_lists
 from wsi_tumor.data.tiff_writer import PyramidSpec, write_pyramid
 from wsi_tumor.errors import ConfigError
 from wsi_tumor.fileio import write_text
@@ -185,6 +184,12 @@ def choose_lesions(
     return chosen, source
 
 
+def stained_as(spec: HardSpec, config: HardConfig) -> Centre:
+    """The centre whose stain a slide gets: its own, or the training centre's when the
+    ``stain`` confounder is off."""
+    return spec.centre if "stain" in config.confounders else "train"
+
+
 def write_hard_slide(
     root: Path, spec: HardSpec, config: HardConfig, table: ShapeTable | None = None
 ) -> HardSlide:
@@ -210,8 +215,7 @@ def write_hard_slide(
         raise ConfigError(f"{spec.name}: no lesion could be placed")
     confounders = plan_confounders(stream(config.seed, spec.name, 1), plan, mpp, config.rates)
     look = stream(config.seed, spec.name, 2)
-    centre: Centre = spec.centre if "stain" in config.confounders else "train"
-    stain = centre_stain(look, centre, config.stain_shift)
+    stain = centre_stain(look, stained_as(spec, config), config.stain_shift)
     grade = float(look.uniform(*config.grade))
     painter = HardPainter(
         plan, confounders, stain, grade, look, config.confounders, config.texture_side
@@ -226,15 +230,7 @@ def write_hard_slide(
             progress=bar.update,
         )
     if spec.label == layout.TUMOR_LABEL:
-        write_asap_xml(layout.xml_path(root, spec.name), plan.annotations)
-        write_ncrf_json(layout.json_path(root, spec.name), plan.annotations)
-        render_level = mask_renderer(plan)
-        write_pyramid(
-            layout.mask_path(root, spec.name),
-            PyramidSpec(plan.width, plan.height, 1, mpp, min_levels=layout.MASK_MIN_LEVEL + 1),
-            lambda row0, rows: render_level(0, row0, rows),
-            render_level=render_level,
-        )
+        write_ground_truth(root, spec.name, plan)
     seconds = time.perf_counter() - started
     enabled = [c for c in confounders if c.kind in config.confounders]
     log.info(
@@ -263,12 +259,11 @@ def write_hard_slide(
 
 def _slide_json(slide: HardSlide, config: HardConfig) -> dict[str, Any]:
     spec, plan = slide.spec, slide.plan
-    centre = spec.centre if "stain" in config.confounders else "train"
     return {
         "name": spec.name,
         "label": spec.label,
         "split": spec.split,
-        "centre": centre,
+        "centre": stained_as(spec, config),
         "width": plan.width,
         "height": plan.height,
         "lesion_kind": spec.lesion_kind,

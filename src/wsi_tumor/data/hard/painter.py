@@ -102,11 +102,8 @@ class HardPainter:
     def _paint(self, row0: int, rows: int) -> RGB:
         out = self._texture("glass", row0, rows)
         tissue = fill_polygons(self.plan.tissue, (0, row0), (rows, self.width), 1.0)
-        if not tissue.any():
-            tissue_rows = False
-        else:
-            tissue_rows = True
-            self._put(out, "normal", tissue, row0)
+        tissue_rows = bool(tissue.any())
+        self._put(out, "normal", tissue, row0)
         for item in self.confounders:
             if not tissue_rows or not self._rows_hit(item.box, row0, rows):
                 continue
