@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--confounders",
         type=lambda text: [item for item in text.split(",") if item],
         default=None,
-        help="with --preset hard: the confounders to paint, comma-separated (default: all "
+        help="with a hard preset: the confounders to paint, comma-separated (default: all "
         "of lymphoid, germinal, fold, blur, pen, stain)",
     )
     add_logging_flags(parser, verbose=False)

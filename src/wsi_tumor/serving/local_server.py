@@ -206,7 +206,8 @@ class LocalTritonServer:
         env = dict(os.environ)
         # Python-backend models run under the first python3 on PATH: make it this interpreter.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        env.update({k: v for k, v in MALLOC_ENV.items() if k not in os.environ})
+        for key, value in MALLOC_ENV.items():
+            env.setdefault(key, value)
         log.info("starting %s", " ".join(command))
         with open(self.log_path, "wb") as log_file:
             self._process = subprocess.Popen(
