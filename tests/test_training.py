@@ -329,7 +329,8 @@ def test_resume_continues_from_saved_epoch(tmp_path: Path) -> None:
     assert list((tmp_path / "b" / "tensorboard").iterdir())
 
 
-def test_torchrun_two_process_gloo(tmp_path: Path) -> None:
+@pytest.mark.parametrize("objective", ["patch", "mixed"])
+def test_torchrun_two_process_gloo(tmp_path: Path, objective: str) -> None:
     from wsi_tumor.models.checkpoint import load_model
 
     root = write_synthetic(tmp_path / "ds", 8, 4)
@@ -345,6 +346,7 @@ def test_torchrun_two_process_gloo(tmp_path: Path) -> None:
             __file__,
             str(root),
             str(tmp_path / "out"),
+            objective,
         ],
         env=env,
         capture_output=True,
@@ -360,6 +362,8 @@ def test_torchrun_two_process_gloo(tmp_path: Path) -> None:
     assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 1, 1, 1)
     # both ranks validated 2 regions each: 4 regions x 9 patches counted once each
     assert "world 2" in proc.stderr
+    # mixed: two backward passes a step, the first without DDP's gradient sync
+    assert ckpt["config"]["objective"] == objective
 
 
 @pytest.mark.slow
@@ -415,13 +419,78 @@ def test_cpu_run_on_wsi_synth_slides_reaches_validation_accuracy(tmp_path: Path)
     assert max(h["valid_accuracy"] for h in history) >= 0.9, curve
 
 
+def test_dense_crop_item_and_its_views_match_the_patches_and_dense_inference() -> None:
+    """A dense item's labelled cells are the nine centre patches, in training and inference."""
+    from wsi_tumor.models.dense import dense_logits
+    from wsi_tumor.models.resnet_fcn import build_model
+    from wsi_tumor.training.engine import view_logits, views
+
+    pixels, rows = _pixels(), [LabelRow("s", 700, 500, LABELS)]
+    patches, labels = _dataset(pixels, rows, train=False)[0]
+    slide = ArraySlide(pixels)
+    dense = GridPatchDataset(rows, {"s": Path("s.tif")}, lambda _: slide, False, "centre", "mixed")  # type: ignore[arg-type, return-value]
+    crop, crop_labels = dense[0]
+    assert crop.shape == (3, 736, 736) and torch.equal(crop_labels, labels)
+    top, left = 500 - 384 + 16, 700 - 384 + 16  # region origin + the first centre patch's offset
+    want = normalise(pixels[top : top + 736, left : left + 736]).transpose(2, 0, 1)
+    np.testing.assert_array_equal(crop.numpy(), want)
+    batch = (crop[None], crop_labels[None])
+    whole, cut = views(batch, torch.device("cpu"), "mixed")
+    assert torch.equal(cut[0], patches) and torch.equal(cut[1], labels)
+    model = build_model().eval()
+    with torch.no_grad():
+        want = dense_logits(model, crop[None])[0, ::4, ::4].reshape(-1)
+        torch.testing.assert_close(view_logits(model, whole[0]), want, rtol=0, atol=1e-5)
+        assert not torch.allclose(want, view_logits(model, cut[0]), atol=1e-3)  # padding differs
+
+
+def test_region_augment_moves_labels_with_the_pixels() -> None:
+    """Flips and quarter turns carry the 3 x 3 labels along: a label marks its own patch."""
+    from wsi_tumor.training.transforms import RegionAugment
+
+    crop = np.zeros((736, 736, 3), np.uint8)
+    grid = torch.tensor(GRID, dtype=torch.float32)
+    for row in range(3):
+        for col in range(3):  # tumour patches bright, normal ones dark
+            value = 200 * GRID[row][col] + 20
+            crop[row * 256 : row * 256 + 224, col * 256 : col * 256 + 224] = value
+    augment = RegionAugment()
+    augment.jitter = lambda image: image  # type: ignore[assignment, method-assign]
+    seen = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        image, moved = augment(crop, grid.clone())
+        seen.add(tuple(moved.flatten().tolist()))
+        for row in range(3):
+            for col in range(3):
+                centre = float(image[0, row * 256 + 112, col * 256 + 112])
+                assert (centre > 0) == bool(moved[row, col]), (seed, row, col)
+    assert len(seen) > 2  # the draws did move the grid
+
+
+def test_dense_objective_needs_the_centre_split() -> None:
+    with pytest.raises(DatasetError, match="dense objective needs --grid-split centre"):
+        rows, paths = [LabelRow("s", 700, 500, LABELS)], {"s": Path("s.tif")}
+        GridPatchDataset(rows, paths, lambda _: None, True, "monai", "dense")  # type: ignore[arg-type, return-value]
+
+
+def test_literal_flags_parse_from_the_command_line(tmp_path: Path) -> None:
+    """--grid-split and --objective take their choices as strings (a Literal is no parser)."""
+    cfg = config_from_argv([str(tmp_path), "--out", str(tmp_path), "--grid-split", "monai"])
+    assert cfg.grid_split == "monai" and cfg.objective == "patch"
+    cfg = config_from_argv([str(tmp_path), "--out", str(tmp_path), "--objective", "mixed"])
+    assert cfg.objective == "mixed"
+    with pytest.raises(SystemExit):
+        config_from_argv([str(tmp_path), "--out", str(tmp_path), "--objective", "pixel"])
+
+
 if __name__ == "__main__":  # torchrun driver for test_torchrun_two_process_gloo
     import logging
 
     from wsi_tumor.training.trainer import train
 
     logging.basicConfig(level=logging.INFO)
-    ds, out = sys.argv[1], sys.argv[2]
+    ds, out, objective = sys.argv[1:4]
     config = config_from_argv(
         [
             ds,
@@ -438,6 +507,8 @@ if __name__ == "__main__":  # torchrun driver for test_torchrun_two_process_gloo
             "0",
             "--max-steps-per-epoch",
             "2",
+            "--objective",
+            objective,
         ]
     )
     train(config, synthetic_opener, synthetic_size)  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ import sys
 import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from wsi_tumor.errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, WsiTumorError
 
@@ -205,7 +205,8 @@ def add_dataclass_flags(
             options["type"] = get_args(kind)[0] if get_args(kind) else str
             options["default"] = None
         else:
-            options["type"] = meta.get("type", Path if kind is Path else kind)
+            literal = get_origin(kind) is Literal
+            options["type"] = meta.get("type", Path if kind is Path else str if literal else kind)
             if "choices" in meta:
                 options["choices"] = meta["choices"]
             if "metavar" in meta:

@@ -22,9 +22,11 @@ from torch import nn
 from wsi_tumor import contract
 from wsi_tumor.models.resnet_fcn import TumorResNetFCN
 
-POOL_KERNEL = contract.PATCH_SIZE // 32
+FEATURE_STRIDE = 32
+"""Input pixels per output of the network's features (ResNet18's stride)."""
+POOL_KERNEL = contract.PATCH_SIZE // FEATURE_STRIDE
 """Feature cells one 224 px patch spans (7)."""
-POOL_STRIDE = contract.PATCH_STRIDE // 32
+POOL_STRIDE = contract.PATCH_STRIDE // FEATURE_STRIDE
 """Feature cells between neighbouring patch centres (2)."""
 
 

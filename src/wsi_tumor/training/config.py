@@ -16,7 +16,7 @@ from wsi_tumor.commandline import add_dataclass_flags, field_types, make_parser,
 from wsi_tumor.errors import ConfigError
 from wsi_tumor.fileio import write_text
 from wsi_tumor.slide import READER_CHOICES
-from wsi_tumor.training.grid import GRID_SPLITS, GridSplit
+from wsi_tumor.training.grid import GRID_SPLITS, OBJECTIVES, GridSplit, Objective
 
 DEVICES: Final = ("auto", "cpu", "cuda")
 TRAIN_CSV: Final = "training.csv"
@@ -51,6 +51,13 @@ class TrainConfig:
         "centre",
         "patch placement: centre crops of the cells, or MONAI GridSplit spacing",
         choices=GRID_SPLITS,
+    )
+    objective: Objective = option(
+        "patch",
+        "patch: the nine patches of a region (MONAI's recipe); dense: the region's 736 px centre "
+        "through the network whole, as --mode dense infers; mixed: both, to fine-tune one "
+        "checkpoint for equal exact and dense maps (needs --grid-split centre)",
+        choices=OBJECTIVES,
     )
     resume: Path | None = option(None, "training checkpoint to continue from")
     init_from: Path | None = option(None, "weights to start from (ours or the bundle's model.pt)")
@@ -158,6 +165,7 @@ def _validate(values: dict[str, Any], source: str) -> None:
         ("reader", READER_CHOICES),
         ("device", DEVICES),
         ("grid_split", get_args(GridSplit)),
+        ("objective", OBJECTIVES),
     ):
         if values[name] not in choices:
             raise ConfigError(f"{source}: {name} must be one of {choices}, got {values[name]!r}")

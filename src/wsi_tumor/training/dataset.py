@@ -1,4 +1,8 @@
-"""Torch dataset over a label CSV: one 768 px region per row, nine labelled 224 px patches."""
+"""Torch dataset over a label CSV: one 768 px region per row, nine labelled 224 px patches.
+
+With the ``dense`` or ``mixed`` objective an item is the region's 736 px dense crop instead,
+whose dense cells (0, 4, 8) x (0, 4, 8) are the nine patches.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,14 @@ from wsi_tumor.contract import TRAIN_REGION
 from wsi_tumor.errors import DatasetError
 from wsi_tumor.slide.base import SlideReader
 from wsi_tumor.slide.resolution import ModelResolutionView
-from wsi_tumor.training.grid import GridSplit, csv_to_grid, region_origin, split_region
+from wsi_tumor.training.grid import (
+    GridSplit,
+    Objective,
+    csv_to_grid,
+    dense_crop,
+    region_origin,
+    split_region,
+)
 from wsi_tumor.training.labels import (
     LabelRow,
     SlideSizeFn,
@@ -23,7 +34,7 @@ from wsi_tumor.training.labels import (
     read_label_csv,
     reader_slide_size,
 )
-from wsi_tumor.training.transforms import TrainAugment, to_normalised_tensor
+from wsi_tumor.training.transforms import RegionAugment, TrainAugment, to_normalised_tensor
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +66,9 @@ class GridPatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Nine patches and their labels per label-CSV row.
 
     Each item is ``(patches [9, 3, 224, 224] float32 in [-1, 1], labels [9] float32)`` with
-    patches row-major over the 3 x 3 grid. Slides are opened lazily, once per worker process,
+    patches row-major over the 3 x 3 grid; with the ``dense`` or ``mixed`` objective it is
+    ``(crop [3, 736, 736], labels [9])`` with the labels row-major over the crop's
+    labelled cells. Slides are opened lazily, once per worker process,
     and never pickled: a DataLoader worker opens its own readers.
 
     Args:
@@ -64,6 +77,8 @@ class GridPatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         opener: Opens a slide file (see :func:`reader_opener`).
         train: Apply the bundle's random augmentation (validation: none).
         split: Patch placement inside the region (see :data:`wsi_tumor.training.grid.GridSplit`).
+        objective: What an item holds (see :data:`wsi_tumor.training.grid.Objective`); the
+            dense crop needs the ``centre`` split.
     """
 
     def __init__(
@@ -73,7 +88,10 @@ class GridPatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         opener: SlideOpener,
         train: bool,
         split: GridSplit = "centre",
+        objective: Objective = "patch",
     ) -> None:
+        if objective != "patch" and split != "centre":
+            raise DatasetError(f"the {objective} objective needs --grid-split centre")
         if not rows:
             raise DatasetError("dataset has no rows")
         missing = sorted({r.slide for r in rows} - set(slide_paths))
@@ -84,7 +102,9 @@ class GridPatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.opener = opener
         self.train = train
         self.split: GridSplit = split
+        self.objective: Objective = objective
         self.augment = TrainAugment() if train else None
+        self.region_augment = RegionAugment() if train else None
         self._readers: dict[str, SlideReader] = {}
 
     def __len__(self) -> int:
@@ -119,10 +139,15 @@ class GridPatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         )
         origin = region_origin(round(row.x / scale), round(row.y / scale))
         region = reader.read_region(origin, (TRAIN_REGION, TRAIN_REGION), level=0)
-        patches = split_region(region, self.split)
-        images = self.augment(patches) if self.augment else to_normalised_tensor(patches)
-        labels = torch.from_numpy(csv_to_grid(row.labels).reshape(-1))
-        return images, labels
+        grid = torch.from_numpy(csv_to_grid(row.labels))
+        if self.objective == "patch":
+            patches = split_region(region, self.split)
+            images = self.augment(patches) if self.augment else to_normalised_tensor(patches)
+        elif self.region_augment is not None:
+            images, grid = self.region_augment(dense_crop(region), grid)
+        else:
+            images = to_normalised_tensor(dense_crop(region)[None])[0]
+        return images, grid.reshape(-1)
 
 
 def load_dataset(
@@ -134,6 +159,7 @@ def load_dataset(
     opener: SlideOpener | None = None,
     slide_size: SlideSizeFn | None = None,
     mpp: float | None = None,
+    objective: Objective = "patch",
 ) -> GridPatchDataset:
     """Read and check a label CSV, then build the dataset.
 
@@ -155,4 +181,5 @@ def load_dataset(
         positives,
         len(paths),
     )
-    return GridPatchDataset(rows, paths, opener or reader_opener(reader, mpp), train, split)
+    opener = opener or reader_opener(reader, mpp)
+    return GridPatchDataset(rows, paths, opener, train, split, objective)

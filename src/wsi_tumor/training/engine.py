@@ -1,4 +1,10 @@
-"""One training epoch and one validation pass (BCE with logits, patch accuracy)."""
+"""One training epoch and one validation pass (BCE with logits, patch accuracy).
+
+A batch holds patches ``[B, 9, 3, 224, 224]`` (the ``patch`` objective) or dense crops
+``[B, 3, 736, 736]``; the ``mixed`` objective runs a crop batch twice, whole and cut into its
+nine patches, each view with its own backward pass (the first without a DDP gradient sync),
+and its loss is the two views' mean.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from wsi_tumor.contract import PATCH_SIZE
+from wsi_tumor.models.dense import FEATURE_STRIDE
 from wsi_tumor.training.distributed import DistInfo, all_reduce_sum
+from wsi_tumor.training.grid import DENSE_CROP_OFFSET, GRID_CELL, Objective, patch_offsets
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +44,31 @@ class EpochStats:
         return self.patches / self.seconds if self.seconds > 0 else 0.0
 
 
-def flatten_batch(batch: Batch, device: torch.device) -> Batch:
-    """[B, 9, 3, H, W] patches and [B, 9] labels -> [B*9, 3, H, W] and [B*9]."""
+LABEL_STRIDE = GRID_CELL // FEATURE_STRIDE
+"""Outputs of the network's stride-1 pool between labelled cells of a dense crop (8)."""
+
+
+def views(batch: Batch, device: torch.device, objective: Objective) -> list[Batch]:
+    """The inputs the network sees for one batch, each with its flat labels [B * 9]."""
     images, labels = batch
-    images = images.reshape(-1, *images.shape[-3:]).to(device, non_blocking=True)
-    return images, labels.reshape(-1).to(device, non_blocking=True)
+    images = images.to(device, non_blocking=True)
+    labels = labels.reshape(-1).to(device, non_blocking=True)
+    if objective == "patch":
+        return [(images.reshape(-1, *images.shape[-3:]), labels)]
+    out = [(images, labels)]
+    if objective == "mixed":
+        starts = [o - DENSE_CROP_OFFSET for o in patch_offsets("centre")]
+        cut = [images[..., y : y + PATCH_SIZE, x : x + PATCH_SIZE] for y in starts for x in starts]
+        out.append((torch.stack(cut, dim=1).reshape(-1, *cut[0].shape[1:]), labels))
+    return out
+
+
+def view_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Flat logits of patches, or of a dense crop's labelled cells (row-major per crop)."""
+    logits = model(images)
+    if images.shape[-1] != PATCH_SIZE:
+        logits = logits[:, 0, ::LABEL_STRIDE, ::LABEL_STRIDE]
+    return logits.reshape(-1)
 
 
 def _autocast(device: torch.device, amp: bool) -> torch.autocast | nullcontext[None]:
@@ -70,10 +99,9 @@ def train_one_epoch(
     epoch: int,
     max_steps: int | None = None,
     quiet: bool = False,
+    objective: Objective = "patch",
 ) -> EpochStats:
-    """Train for one epoch (at most ``max_steps`` steps).
-
-    Args:
+    """Train for one epoch (at most ``max_steps`` steps) on ``objective``'s views of a batch.
 
     Returns:
         Mean BCE loss and patch accuracy over the patches seen, with throughput.
@@ -98,24 +126,28 @@ def train_one_epoch(
     for batch in loader:
         if max_steps is not None and steps >= max_steps:
             break
-        images, labels = flatten_batch(batch, device)
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, amp):
-            logits = model(images).reshape(-1)
-            loss = criterion(logits.float(), labels)
+        parts = views(batch, device, objective)
+        loss_value = 0.0
+        for i, (images, labels) in enumerate(parts):
+            last = i == len(parts) - 1
+            no_sync = getattr(model, "no_sync", None)
+            with nullcontext() if last or no_sync is None else no_sync():
+                with _autocast(device, amp):
+                    logits = view_logits(model, images)
+                    loss = criterion(logits.float(), labels) / len(parts)
+                (scaler.scale(loss) if scaler is not None and amp else loss).backward()
+            n = labels.numel()
+            loss_value += float(loss.detach())
+            loss_sum += float(loss.detach()) * len(parts) * n
+            correct += float(((logits.detach() > 0).float() == labels).sum())
+            count += n
         if scaler is not None and amp:
-            scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
         steps += 1
-        n = labels.numel()
-        loss_value = float(loss.detach())
-        loss_sum += loss_value * n
-        correct += float(((logits.detach() > 0).float() == labels).sum())
-        count += n
         elapsed = time.perf_counter() - start
         bar.set_postfix(loss=f"{loss_value:.4f}", patches_s=f"{count / elapsed:.1f}")
         bar.update(1)
@@ -132,6 +164,7 @@ def evaluate(
     amp: bool = False,
     max_steps: int | None = None,
     quiet: bool = False,
+    objective: Objective = "patch",
 ) -> EpochStats:
     """Validation loss and patch accuracy (logit > 0, i.e. probability > 0.5)."""
     model.eval()
@@ -149,11 +182,11 @@ def evaluate(
     ):
         if max_steps is not None and steps >= max_steps:
             break
-        images, labels = flatten_batch(batch, device)
-        with _autocast(device, amp):
-            logits = model(images).reshape(-1).float()
-        loss_sum += float(criterion(logits, labels))
-        correct += float(((logits > 0).float() == labels).sum())
-        count += labels.numel()
+        for images, labels in views(batch, device, objective):
+            with _autocast(device, amp):
+                logits = view_logits(model, images).float()
+            loss_sum += float(criterion(logits, labels))
+            correct += float(((logits > 0).float() == labels).sum())
+            count += labels.numel()
         steps += 1
     return _reduce([loss_sum, correct, count], start, steps, info, device)

@@ -16,7 +16,14 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from wsi_tumor.contract import GRID_CELL, GRID_SHAPE, PATCH_SIZE, TRAIN_REGION
+from wsi_tumor.contract import (
+    GRID_CELL,
+    GRID_SHAPE,
+    PATCH_SIZE,
+    PATCH_STRIDE,
+    TRAIN_REGION,
+    region_size,
+)
 
 NUM_CELLS: Final = GRID_SHAPE * GRID_SHAPE
 HALF_REGION: Final = TRAIN_REGION // 2
@@ -29,6 +36,25 @@ centred where its label was decided). ``monai``: MONAI ``GridSplit`` spacing, pa
 spread from edge to edge (offsets 0, 272, 544), as the bundle's ``GridSplitd`` does.
 """
 GRID_SPLITS: Final = ("centre", "monai")
+
+Objective = Literal["patch", "dense", "mixed"]
+"""What the network is trained on.
+
+``patch``: the nine 224 px patches of each region, each augmented on its own (the MONAI
+bundle's recipe). ``dense``: the region's centre ``DENSE_CROP`` px through the network whole,
+as dense inference runs it, with the loss on the nine cells that carry labels. ``mixed``: both
+on the same augmented region, the loss their mean, so that one checkpoint gives the same map
+in exact and dense mode (the fine-tuning step of ``make accuracy``).
+"""
+OBJECTIVES: Final = ("patch", "dense", "mixed")
+DENSE_CROP_OFFSET: Final = (GRID_CELL - PATCH_SIZE) // 2
+"""Where the dense crop starts in the region: the top-left of the first centre patch (16)."""
+LABEL_STEP_CELLS: Final = GRID_CELL // PATCH_STRIDE
+"""Dense cells between labelled cells: the centre patches are 256 px = 4 cells apart."""
+DENSE_CELLS: Final = (GRID_SHAPE - 1) * LABEL_STEP_CELLS + 1
+"""k of the dense crop (9): its cells 0, 4 and 8 on each axis are the centre patches."""
+DENSE_CROP: Final = region_size(DENSE_CELLS)
+"""Side of the dense crop (736 px)."""
 
 
 def region_origin(x: int, y: int) -> tuple[int, int]:
@@ -71,6 +97,15 @@ def patch_offsets(split: GridSplit = "centre") -> tuple[int, ...]:
         return tuple(i * GRID_CELL + margin for i in range(GRID_SHAPE))
     step = (TRAIN_REGION - PATCH_SIZE) // (GRID_SHAPE - 1)
     return tuple(i * step for i in range(GRID_SHAPE))
+
+
+def dense_crop(region: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """The (736, 736, 3) centre of a (768, 768, 3) region that dense inference would see.
+
+    Its dense cells (0, 4, 8) x (0, 4, 8) are exactly the ``centre`` split's nine patches.
+    """
+    end = DENSE_CROP_OFFSET + DENSE_CROP
+    return region[DENSE_CROP_OFFSET:end, DENSE_CROP_OFFSET:end]
 
 
 def split_region(

@@ -143,12 +143,13 @@ def _train(
         load_pretrained(model)
     if cfg.init_from is not None:
         init_weights(model, cfg.init_from)
-    train_set = load_dataset(
-        cfg.labels_train, cfg.images, cfg.reader, True, cfg.grid_split, opener, slide_size, cfg.mpp
-    )
-    valid_set = load_dataset(
-        cfg.labels_valid, cfg.images, cfg.reader, False, cfg.grid_split, opener, slide_size, cfg.mpp
-    )
+    train_set, valid_set = (
+        load_dataset(
+            labels, cfg.images, cfg.reader, train, cfg.grid_split, opener, slide_size, cfg.mpp,
+            cfg.objective,
+        )
+        for labels, train in ((cfg.labels_train, True), (cfg.labels_valid, False))
+    )  # fmt: skip
     model.to(device)
     net: torch.nn.Module = model
     if info.distributed:
@@ -201,9 +202,12 @@ def _train(
                 epoch,
                 cfg.max_steps_per_epoch,
                 cfg.quiet,
+                cfg.objective,
             )
             scheduler.step()
-            va = evaluate(net, valid_loader, device, info, amp, cfg.max_valid_steps, cfg.quiet)
+            va = evaluate(
+                net, valid_loader, device, info, amp, cfg.max_valid_steps, cfg.quiet, cfg.objective
+            )
             row = _record(writer, epoch, lr, tr, va)
             state.history.append(row)
             state.epoch = epoch

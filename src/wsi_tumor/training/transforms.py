@@ -12,6 +12,11 @@ each of the nine patches separately, with its own random draws. In the bundle's 
 
 Zoom and intensity scaling are both linear, so scaling before zooming (as done here, to keep
 one float conversion) gives the same values up to float rounding.
+
+The ``dense`` and ``mixed`` objectives augment the whole dense crop instead
+(:class:`RegionAugment`): the same jitter, and the flip and quarter turns applied to the crop
+and its 3 x 3 label grid together. Zoom is left out: it would move the labelled cells off
+the dense grid.
 """
 
 from __future__ import annotations
@@ -61,6 +66,16 @@ def zoom_keep_size(patch: torch.Tensor, factor: float) -> torch.Tensor:
     return zoomed[0, :, top : top + size[0], left : left + size[1]]
 
 
+def flip_rotate(*images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``RandFlip`` (both axes) then ``RandRotate90``, the same draws for every tensor given."""
+    if _coin(FLIP_PROB):
+        images = tuple(torch.flip(t, dims=(-2, -1)) for t in images)
+    if _coin(ROT90_PROB):
+        k = int(torch.randint(1, MAX_K + 1, ()))
+        images = tuple(torch.rot90(t, k, dims=(-2, -1)) for t in images)
+    return images
+
+
 class TrainAugment:
     """Augment nine uint8 patches independently, then normalise; draws use torch's RNG."""
 
@@ -69,12 +84,7 @@ class TrainAugment:
 
     def augment_one(self, patch: torch.Tensor) -> torch.Tensor:
         """(3, H, W) uint8 -> (3, H, W) float32 in about [-1, 1], augmented."""
-        patch = self.jitter(patch)
-        if _coin(FLIP_PROB):
-            patch = torch.flip(patch, dims=(-2, -1))
-        if _coin(ROT90_PROB):
-            k = int(torch.randint(1, MAX_K + 1, ()))
-            patch = torch.rot90(patch, k, dims=(-2, -1))
+        (patch,) = flip_rotate(self.jitter(patch))
         out = torch.from_numpy(normalise(patch.contiguous().numpy()))
         if _coin(ZOOM_PROB):
             lo, hi = ZOOM_RANGE
@@ -89,3 +99,18 @@ class TrainAugment:
         if out.shape[-2:] != (PATCH_SIZE, PATCH_SIZE):
             raise ValueError(f"augmented patch has shape {tuple(out.shape)}")
         return out
+
+
+class RegionAugment:
+    """Augment one uint8 crop and its label grid with the same draws, then normalise."""
+
+    def __init__(self) -> None:
+        self.jitter = ColorJitter(**JITTER)
+
+    def __call__(
+        self, crop: npt.NDArray[np.uint8], grid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(H, W, 3) uint8 crop, (3, 3) labels -> (3, H, W) float32 and the labels moved alike."""
+        image = self.jitter(torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))))
+        image, grid = flip_rotate(image, grid)
+        return torch.from_numpy(normalise(image.contiguous().numpy())), grid.contiguous()
