@@ -2,7 +2,9 @@
 
 One run, as a user would type it: ``wsi-synth --preset hard`` (real CAMELYON16 lesion
 shapes, confounders, two staining centres, half of the test slides normal), ``wsi-labels``,
-``wsi-train`` with the demo's recipe, ``wsi-export``, then one local tritonserver serving
+``wsi-train`` with the demo's recipe, then fine-tuned on whole regions (``--objective mixed``)
+so that one checkpoint gives the same map in both modes, ``wsi-export``, then one local
+tritonserver serving
 both modes while ``wsi-infer --mode exact`` and ``--mode dense`` read the test set, and
 ``wsi-froc --reference`` scoring each (FROC, the six sensitivities, slide-level AUC). The
 report (:mod:`wsi_tumor.bench.accuracy_report`) puts the two modes side by side with their
@@ -52,6 +54,11 @@ class AccuracyPaths:
         return self.root / "checkpoints"
 
     @property
+    def finetuned(self) -> Path:
+        """Fine-tuning output."""
+        return self.root / "finetuned"
+
+    @property
     def repository(self) -> Path:
         """The exported model repository."""
         return self.root / "model_repository"
@@ -87,13 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--valid-steps", type=int, default=recipe.valid_steps)
     parser.add_argument("--batch-size", type=int, default=recipe.batch_size)
     parser.add_argument(
-        "--checkpoint", type=Path, default=None, help="skip training: score these weights"
+        "--finetune-steps",
+        type=int,
+        default=30,
+        help="steps of the fine-tuning on whole regions and their patches (wsi-train "
+        "--objective mixed) after the recipe; 0: score the recipe's checkpoint as it is",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="skip training and fine-tuning: score these weights",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
         help="a tiny run for the test suite: small slides (--preset hard-small), 2 + 1 + 2 of "
-        "them, 1 epoch of 2 steps",
+        "them, 1 epoch of 2 steps, 1 fine-tuning step",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -123,6 +140,18 @@ def _stages(args: argparse.Namespace, paths: AccuracyPaths) -> list[Stage]:
             ]),
         ]  # fmt: skip
     checkpoint = args.checkpoint or paths.checkpoints / "best.pt"
+    if args.checkpoint is None and args.finetune_steps > 0:
+        stages.append(
+            Stage("fine-tune on whole regions and their patches", [
+                console_script("wsi-train"), str(paths.data), "--out", str(paths.finetuned),
+                "--init-from", str(checkpoint), "--objective", "mixed", "--epochs", "1",
+                "--batch-size", str(args.batch_size),
+                "--max-steps-per-epoch", str(args.finetune_steps),
+                "--max-valid-steps", str(args.valid_steps), "--workers", str(recipe.workers),
+                "--seed", str(args.seed), *quiet,
+            ])
+        )  # fmt: skip
+        checkpoint = paths.finetuned / "best.pt"
     stages.append(
         Stage("export both networks", [
             console_script("wsi-export"), "--checkpoint", str(checkpoint),
@@ -164,11 +193,12 @@ def run(args: argparse.Namespace, command: str) -> int:
     if args.quick:
         args.train, args.valid, args.test = 2, 1, 2
         args.epochs, args.steps_per_epoch, args.valid_steps = 1, 2, 1
+        args.finetune_steps = min(args.finetune_steps, 1)
     started = time.perf_counter()
     date = datetime.now(UTC).isoformat(timespec="seconds")
     with tempfile.TemporaryDirectory(prefix="wsi-accuracy-") as tmp:
         paths = AccuracyPaths(args.workdir or Path(tmp))
-        for stage_dir in (paths.data, paths.checkpoints, paths.repository):
+        for stage_dir in (paths.data, paths.checkpoints, paths.finetuned, paths.repository):
             shutil.rmtree(stage_dir, ignore_errors=True)
         paths.root.mkdir(parents=True, exist_ok=True)
         stages = [run_stage(stage) for stage in _stages(args, paths)]

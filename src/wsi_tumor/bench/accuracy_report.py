@@ -209,6 +209,21 @@ def _mean_speed(predictions: Path, tests: dict[str, Any]) -> float:
     return round(patches / seconds, 1) if seconds else 0.0
 
 
+def _model_line(settings: dict[str, Any]) -> str:
+    if settings.get("checkpoint"):
+        return f"the weights in `{settings['checkpoint']}`"
+    line = (
+        f"the demo's recipe ({settings['epochs']} epochs x {settings['steps_per_epoch']} steps "
+        f"of {settings['batch_size']} regions, `--objective patch`)"
+    )
+    if settings["finetune_steps"]:
+        line += (
+            f", then {settings['finetune_steps']} fine-tuning steps with `--objective mixed` "
+            "(whole regions and their patches)"
+        )
+    return line
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """report.md."""
     machine, modes = results["machine"], results["modes"]
@@ -223,6 +238,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"Test set: {results['dataset']['test_slides']} slides "
         f"({results['dataset']['tumour_test_slides']} with tumour), lesions by class "
         f"{results['dataset']['lesions_by_class']} (real CAMELYON16 shapes).",
+        "",
+        f"Model (both modes): {_model_line(results['settings'])}.",
         "",
         "## Scores",
         "",
