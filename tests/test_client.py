@@ -233,7 +233,7 @@ def test_patch_endpoint_gives_the_ensembles_map(cohort_run, slides, server, tmp_
 # --- dense mode --------------------------------------------------------------------------------
 def dense_reference_map(slide_path: Path, checkpoint: Path, cells: int) -> np.ndarray:
     """The dense map computed here: each k x k region read once, PyTorch's dense pass."""
-    from wsi_tumor.client.grid import place_grid, plan_regions
+    from wsi_tumor.client.grid import place_grid, plan_dense_regions
     from wsi_tumor.export.parity import torch_dense
     from wsi_tumor.models.checkpoint import load_model
     from wsi_tumor.slide import open_slide, tissue_mask
@@ -242,14 +242,14 @@ def dense_reference_map(slide_path: Path, checkpoint: Path, cells: int) -> np.nd
     with open_slide(slide_path) as slide:
         mask = tissue_mask(slide, contract.MASK_LEVEL)
         prob_map = np.zeros(mask.shape, np.float32)
-        for region in plan_regions(mask, cells):
+        for region in plan_dense_regions(mask, cells):
             pixels = slide.read_region(region.origin, region.size, 0)[None]
             grid = torch_dense(model, pixels, region.cell_mask[None])[0]
             place_grid(prob_map, region, grid)
     return prob_map
 
 
-@pytest.mark.parametrize("cells", [contract.DENSE_MIN_CELLS, contract.DENSE_REGION_CELLS])
+@pytest.mark.parametrize("cells", [contract.DENSE_MIN_CELLS, 16])
 def test_dense_mode_map_equals_the_pytorch_dense_pass(
     cohort_run, slides, server, exported_repository, tmp_path: Path, cells: int
 ) -> None:

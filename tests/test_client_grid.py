@@ -199,3 +199,34 @@ def test_a_failed_request_fails_the_slide_with_its_own_error() -> None:
                 regions_per_request=1,
             )
         )
+
+
+def test_dense_plan_splits_sparse_blocks_and_covers_every_cell_once() -> None:
+    """A full block stays whole, a sparse one becomes its occupied halves; nothing is lost."""
+    from wsi_tumor.client.grid import plan_dense_regions
+
+    mask = np.zeros((40, 70), dtype=bool)
+    mask[:32, :32] = True  # one full k = 32 block
+    mask[3, 40] = mask[30, 60] = True  # two lone cells in the next block
+    mask[35:40, 5:9] = True  # a strip below the full block
+    regions = plan_dense_regions(mask, 32, 8)
+    covered = np.zeros_like(mask, dtype=int)
+    for region in regions:
+        k = region.cells
+        block = covered[region.row0 : region.row0 + k, region.col0 : region.col0 + k]
+        block += region.cell_mask[: block.shape[0], : block.shape[1]]
+    np.testing.assert_array_equal(covered, mask.astype(int))
+    assert [r.cells for r in regions] == sorted((r.cells for r in regions), reverse=True)
+    assert (regions[0].cells, regions[0].col0, regions[0].row0) == (32, 0, 0)
+    small = [(r.cells, r.col0, r.row0) for r in regions[1:]]
+    assert small == [(8, 40, 0), (8, 56, 24), (8, 0, 32), (8, 8, 32)]
+    pixels = sum(contract.region_size(r.cells) ** 2 for r in regions)
+    assert pixels < sum(contract.region_size(32) ** 2 for _ in plan_regions(mask, 32))
+    # odd k and k below twice the smallest are never split
+    assert {r.cells for r in plan_dense_regions(mask, 3, 8)} == {3}
+    assert {r.cells for r in plan_dense_regions(mask, 15, 8)} == {15}
+
+
+def test_batched_keeps_one_k_per_request() -> None:
+    regions = [Region(0, 0, np.ones((k, k), bool)) for k in (16, 16, 16, 8, 8)]
+    assert [[r.cells for r in b] for b in batched(regions, 2)] == [[16, 16], [16], [8, 8]]

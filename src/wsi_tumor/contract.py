@@ -26,8 +26,17 @@ PATCH_STRIDE: Final = 2**MASK_LEVEL
 """Level-0 pixels between neighbouring patch centres (one mask cell)."""
 REGION_CELLS: Final = 8
 """Default k of the exact mode: a region sent to the ensemble covers k x k mask cells."""
-DENSE_REGION_CELLS: Final = 16
-"""Default k of the dense mode: larger regions amortise the 160 px halo around the cells."""
+DENSE_REGION_CELLS: Final = 32
+"""Default k of the dense mode's largest regions: larger regions amortise the 160 px halo.
+
+A block of k x k cells is halved (down to :data:`DENSE_SPLIT_CELLS`) where its occupied
+halves cost fewer pixels than the whole block, so sparse tissue is not paid for at k = 32
+(:func:`wsi_tumor.client.grid.plan_dense_regions`). Measured on the 2-core runner: dense
+throughput follows the pixels computed per tissue cell (``wsi-infer --mode dense
+--region-cells K`` on the bench slide, fixed k, cells/s: k = 8: 349-368, 16: 383-406,
+24: 341-350, 32: 449-468)."""
+DENSE_SPLIT_CELLS: Final = 8
+"""Smallest k the dense mode's planner halves a region down to."""
 DENSE_MIN_CELLS: Final = 3
 DENSE_MAX_CELLS: Final = 32
 """Range of k the dense model accepts (its TensorRT profile spans it)."""

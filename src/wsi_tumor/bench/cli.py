@@ -142,13 +142,13 @@ def slide_geometry(slide_path: Path, cells: int) -> tuple[dict[str, Any], npt.ND
 
     The crop is a tissue-rich level-0 square for perf_analyzer's detector requests.
     """
-    from wsi_tumor.client.grid import plan_regions
+    from wsi_tumor.client.grid import plan_dense_regions, plan_regions
     from wsi_tumor.slide import open_slide, tissue_mask
 
     with open_slide(slide_path) as slide:
         mask = np.asarray(tissue_mask(slide, contract.MASK_LEVEL), bool)
         regions = plan_regions(mask, cells)
-        dense_regions = plan_regions(mask, contract.DENSE_REGION_CELLS)
+        dense_regions = plan_dense_regions(mask)
         width, height = slide.level_dimensions[0]
         side = min(width, height, 2048)
         row, col = np.argwhere(mask).mean(axis=0)
@@ -163,7 +163,7 @@ def slide_geometry(slide_path: Path, cells: int) -> tuple[dict[str, Any], npt.ND
         "dense_regions": len(dense_regions),
         "tissue_fraction": round(float(mask.sum()) / (len(regions) * cells * cells), 3),
         "dense_tissue_fraction": round(
-            float(mask.sum()) / (len(dense_regions) * contract.DENSE_REGION_CELLS**2), 3
+            float(mask.sum()) / sum(region.cells**2 for region in dense_regions), 3
         ),
     }
     return geometry, np.asarray(crop, np.uint8)
@@ -279,7 +279,7 @@ def report(
                 f"synthetic {prepared.geometry['width']} x {prepared.geometry['height']} px "
                 f"slide, seed {args.seed}: {prepared.geometry['tissue_cells']} tissue cells in "
                 f"{prepared.geometry['regions']} regions of {k} x {k} "
-                f"({prepared.geometry['dense_regions']} of {dense_k} x {dense_k})"
+                f"({prepared.geometry['dense_regions']} dense regions of k <= {dense_k})"
             ),
         },
         "setup": _setup_lines(args, measured["machine"], plan),

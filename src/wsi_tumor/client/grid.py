@@ -7,10 +7,15 @@ patch_size=224)`` locations. Cells are grouped into non-overlapping blocks of k 
 holding tissue becomes a :class:`Region`, read once at level 0 with top-left
 ``contract.cell_patch_origin(col0, row0)`` and side ``contract.region_size(k)``, which the
 ensemble's tiler cuts into the same patches. Every tissue cell lies in exactly one region.
+
+Dense mode plans a quadtree instead (:func:`plan_dense_regions`): its cost is the pixels run
+through the network, ``region_size(k)**2`` per region whatever its tissue, so a large block
+with little tissue is split into the halves that hold some.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -104,12 +109,48 @@ def plan_regions(mask: npt.NDArray[np.bool_], cells: int = contract.REGION_CELLS
     ]
 
 
+def plan_dense_regions(
+    mask: npt.NDArray[np.bool_],
+    cells: int = contract.DENSE_REGION_CELLS,
+    smallest: int = contract.DENSE_SPLIT_CELLS,
+) -> list[Region]:
+    """Cover the true cells of ``mask`` with regions of k = ``cells`` or halves of them.
+
+    A block of even k >= 2 x ``smallest`` is replaced by its occupied k/2 blocks (each in
+    turn split the same way) when they hold fewer pixels than the block: ``n x
+    region_size(k/2)**2 < region_size(k)**2``. Every true cell lies in exactly one region.
+
+    Returns:
+        Regions sorted by k (largest first), then row-major, so requests hold one k.
+    """
+    out = [part for region in plan_regions(mask, cells) for part in _split(region, smallest)]
+    return sorted(out, key=lambda r: (-r.cells, r.row0, r.col0))
+
+
+def _split(region: Region, smallest: int) -> list[Region]:
+    half = region.cells // 2
+    if region.cells % 2 or half < smallest:
+        return [region]
+    parts = plan_regions(region.cell_mask, half)
+    if len(parts) * contract.region_size(half) ** 2 >= contract.region_size(region.cells) ** 2:
+        return [region]
+    return [
+        piece
+        for part in parts
+        for piece in _split(
+            Region(region.col0 + part.col0, region.row0 + part.row0, part.cell_mask), smallest
+        )
+    ]
+
+
 def batched(regions: Sequence[Region], size: int) -> Iterator[Sequence[Region]]:
-    """Split ``regions`` into consecutive requests of at most ``size`` regions."""
+    """Split ``regions`` into consecutive requests of at most ``size`` regions of one k."""
     if size < 1:
         raise ConfigError(f"--regions-per-request must be >= 1, got {size}")
-    for start in range(0, len(regions), size):
-        yield regions[start : start + size]
+    for _, same_k in itertools.groupby(regions, key=lambda region: region.cells):
+        group = list(same_k)
+        for start in range(0, len(group), size):
+            yield group[start : start + size]
 
 
 def place_grid(

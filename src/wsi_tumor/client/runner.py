@@ -228,7 +228,8 @@ def write_summary(
 
 REQUEST_BYTES = 24 << 20
 """Pixel bytes one request may carry by default (with ``--inflight`` it bounds memory): the
-model's limit or this, whichever allows fewer regions (4 regions of k = 8, 5 of k = 16)."""
+model's limit or this, whichever allows fewer regions (4 regions of k = 8, 5 of k = 16,
+one of k = 32)."""
 
 
 def _regions_per_request(config: InferConfig, info: ModelInfo) -> int:

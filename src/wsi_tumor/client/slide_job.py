@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from wsi_tumor import contract
 from wsi_tumor.client.config import InferConfig
-from wsi_tumor.client.grid import plan_regions
+from wsi_tumor.client.grid import plan_dense_regions, plan_regions
 from wsi_tumor.client.heatmap import heatmap_size, read_thumbnail, render_overlay
 from wsi_tumor.client.outputs import (
     SlideOutputs,
@@ -125,7 +126,8 @@ class SlideJob:
         slide, mask = prepared.slide, prepared.mask
         with slide:
             write_png(self.outputs.mask_png, np.where(mask, 255, 0).astype(np.uint8))
-            regions = plan_regions(mask, config.cells)
+            plan = plan_dense_regions if config.mode == "dense" else plan_regions
+            regions = plan(mask, config.cells)
             tissue_cells = int(mask.sum())
             log.info(
                 "%s: %d x %d level-0 px, mask %s, %d tissue cells in %d regions",
@@ -183,6 +185,9 @@ class SlideJob:
                 "tissue_cells": tissue_cells,
                 "patches": stats.patches,
                 "regions": len(regions),
+                "regions_by_cells": {
+                    str(k): n for k, n in sorted(Counter(r.cells for r in regions).items())
+                },
                 "regions_per_request": regions_per_request,
                 "requests": stats.requests,
                 "detections": len(detections),
