@@ -127,31 +127,31 @@ def _stages(args: argparse.Namespace, paths: AccuracyPaths) -> list[Stage]:
             "--seed", str(args.seed), *quiet,
         ]),
     ]  # fmt: skip
-    if args.checkpoint is None:
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        shared = [
+            "--batch-size", str(args.batch_size), "--max-valid-steps", str(args.valid_steps),
+            "--workers", str(recipe.workers), "--seed", str(args.seed), *quiet,
+        ]  # fmt: skip
+        checkpoint = paths.checkpoints / "best.pt"
         stages += [
             Stage("write the training labels",
                   [console_script("wsi-labels"), str(paths.data), *quiet]),
             Stage("train (the demo's recipe)", [
                 console_script("wsi-train"), str(paths.data), "--out", str(paths.checkpoints),
-                "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-                "--max-steps-per-epoch", str(args.steps_per_epoch),
-                "--max-valid-steps", str(args.valid_steps), "--workers", str(recipe.workers),
-                "--seed", str(args.seed), *quiet,
+                "--epochs", str(args.epochs), "--max-steps-per-epoch", str(args.steps_per_epoch),
+                *shared,
             ]),
         ]  # fmt: skip
-    checkpoint = args.checkpoint or paths.checkpoints / "best.pt"
-    if args.checkpoint is None and args.finetune_steps > 0:
-        stages.append(
-            Stage("fine-tune on whole regions and their patches", [
-                console_script("wsi-train"), str(paths.data), "--out", str(paths.finetuned),
-                "--init-from", str(checkpoint), "--objective", "mixed", "--epochs", "1",
-                "--batch-size", str(args.batch_size),
-                "--max-steps-per-epoch", str(args.finetune_steps),
-                "--max-valid-steps", str(args.valid_steps), "--workers", str(recipe.workers),
-                "--seed", str(args.seed), *quiet,
-            ])
-        )  # fmt: skip
-        checkpoint = paths.finetuned / "best.pt"
+        if args.finetune_steps > 0:
+            stages.append(
+                Stage("fine-tune on whole regions and their patches", [
+                    console_script("wsi-train"), str(paths.data), "--out", str(paths.finetuned),
+                    "--init-from", str(checkpoint), "--objective", "mixed", "--epochs", "1",
+                    "--max-steps-per-epoch", str(args.finetune_steps), *shared,
+                ])
+            )  # fmt: skip
+            checkpoint = paths.finetuned / "best.pt"
     stages.append(
         Stage("export both networks", [
             console_script("wsi-export"), "--checkpoint", str(checkpoint),

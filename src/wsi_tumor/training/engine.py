@@ -122,6 +122,7 @@ def train_one_epoch(
         leave=False,
         dynamic_ncols=True,
     )
+    no_sync = getattr(model, "no_sync", None)  # DDP: accumulate all views, sync on the last
     steps = 0
     for batch in loader:
         if max_steps is not None and steps >= max_steps:
@@ -131,15 +132,14 @@ def train_one_epoch(
         loss_value = 0.0
         for i, (images, labels) in enumerate(parts):
             last = i == len(parts) - 1
-            no_sync = getattr(model, "no_sync", None)
             with nullcontext() if last or no_sync is None else no_sync():
                 with _autocast(device, amp):
                     logits = view_logits(model, images)
                     loss = criterion(logits.float(), labels) / len(parts)
                 (scaler.scale(loss) if scaler is not None and amp else loss).backward()
-            n = labels.numel()
-            loss_value += float(loss.detach())
-            loss_sum += float(loss.detach()) * len(parts) * n
+            n, part_loss = labels.numel(), float(loss.detach())
+            loss_value += part_loss
+            loss_sum += part_loss * len(parts) * n
             correct += float(((logits.detach() > 0).float() == labels).sum())
             count += n
         if scaler is not None and amp:
