@@ -435,13 +435,54 @@ def test_dense_crop_item_and_its_views_match_the_patches_and_dense_inference() -
     want = normalise(pixels[top : top + 736, left : left + 736]).transpose(2, 0, 1)
     np.testing.assert_array_equal(crop.numpy(), want)
     batch = (crop[None], crop_labels[None])
-    whole, cut = views(batch, torch.device("cpu"), "mixed")
+    cut, whole = views(batch, torch.device("cpu"), "mixed")
     assert torch.equal(cut[0], patches) and torch.equal(cut[1], labels)
     model = build_model().eval()
     with torch.no_grad():
         want = dense_logits(model, crop[None])[0, ::4, ::4].reshape(-1)
         torch.testing.assert_close(view_logits(model, whole[0]), want, rtol=0, atol=1e-5)
         assert not torch.allclose(want, view_logits(model, cut[0]), atol=1e-3)  # padding differs
+
+
+def test_consistency_pulls_the_whole_view_onto_the_patch_view() -> None:
+    """--consistency adds c * MSE(whole logits, patch logits held fixed): its gradient flows
+    through the whole view only, so the exact map is not pulled toward the dense one."""
+    from wsi_tumor.models.resnet_fcn import build_model
+    from wsi_tumor.training.distributed import DistInfo
+    from wsi_tumor.training.engine import train_one_epoch, view_logits, views
+
+    torch.manual_seed(0)
+    model, cpu, weight = build_model(), torch.device("cpu"), 2.0
+    batch = (torch.rand(1, 3, 736, 736) - 0.5, torch.tensor([[[1.0, 0, 1], [0, 1, 0], [1, 1, 0]]]))
+
+    def gradients(consistency: float) -> list[torch.Tensor]:
+        still = torch.optim.SGD(model.parameters(), lr=0.0)  # keeps the weights and the grads
+        train_one_epoch(
+            model, [batch], still, None, cpu, DistInfo(), 1, quiet=True, objective="mixed",
+            consistency=consistency,
+        )  # fmt: skip
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain, pulled = gradients(0.0), gradients(weight)
+    model.zero_grad()
+    cut, whole = views(batch, cpu, "mixed")
+    reference = view_logits(model, cut[0]).detach()
+    term = weight * torch.nn.functional.mse_loss(view_logits(model, whole[0]), reference)
+    (term / 2).backward()  # the engine divides each view's loss by the number of views
+    expected = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(expected) == len(plain) == len(pulled)
+    assert float(term.detach()) > 0
+    for a, b, want in zip(plain, pulled, expected, strict=True):
+        torch.testing.assert_close(b - a, want, rtol=1e-3, atol=1e-6)
+
+
+def test_consistency_needs_the_mixed_objective(tmp_path: Path) -> None:
+    base = [str(tmp_path), "--out", str(tmp_path)]
+    assert config_from_argv([*base, "--objective", "mixed", "--consistency", "1"]).consistency == 1
+    with pytest.raises(ConfigError, match="--consistency needs --objective mixed"):
+        config_from_argv([*base, "--consistency", "1"])
+    with pytest.raises(ConfigError, match="consistency must be >= 0"):
+        config_from_argv([*base, "--objective", "mixed", "--consistency", "-1"])
 
 
 def test_region_augment_moves_labels_with_the_pixels() -> None:

@@ -101,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--objective mixed) after the recipe; 0: score the recipe's checkpoint as it is",
     )
     parser.add_argument(
+        "--consistency",
+        type=float,
+        default=0.1,
+        help="the fine-tuning's wsi-train --consistency: weight of the whole region's squared "
+        "logit difference from its patches' (0.1: chosen among 0, 0.1 and 1 on this set, see "
+        "docs/training.md)",
+    )
+    parser.add_argument(
         "--checkpoint",
         type=Path,
         default=None,
@@ -147,7 +155,8 @@ def _stages(args: argparse.Namespace, paths: AccuracyPaths) -> list[Stage]:
             stages.append(
                 Stage("fine-tune on whole regions and their patches", [
                     console_script("wsi-train"), str(paths.data), "--out", str(paths.finetuned),
-                    "--init-from", str(checkpoint), "--objective", "mixed", "--epochs", "1",
+                    "--init-from", str(checkpoint), "--objective", "mixed",
+                    "--consistency", str(args.consistency), "--epochs", "1",
                     "--max-steps-per-epoch", str(args.finetune_steps), *shared,
                 ])
             )  # fmt: skip

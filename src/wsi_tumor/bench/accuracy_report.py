@@ -218,8 +218,9 @@ def _model_line(settings: dict[str, Any]) -> str:
     )
     if settings["finetune_steps"]:
         line += (
-            f", then {settings['finetune_steps']} fine-tuning steps with `--objective mixed` "
-            "(whole regions and their patches)"
+            f", then {settings['finetune_steps']} fine-tuning steps with `--objective mixed "
+            f"--consistency {settings['consistency']}` (whole regions and their patches, the "
+            "dense logits pulled toward the patches')"
         )
     return line
 

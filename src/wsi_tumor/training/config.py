@@ -59,6 +59,12 @@ class TrainConfig:
         "checkpoint for equal exact and dense maps (needs --grid-split centre)",
         choices=OBJECTIVES,
     )
+    consistency: float = option(
+        0.0,
+        "with --objective mixed: weight of the squared difference between the whole region's "
+        "logits and its patches' at the labelled cells, pulling the dense map onto the exact "
+        "one (0: off)",
+    )
     resume: Path | None = option(None, "training checkpoint to continue from")
     init_from: Path | None = option(None, "weights to start from (ours or the bundle's model.pt)")
     pretrained: bool = option(False, "ImageNet ResNet18 weights from the local torch hub cache")
@@ -169,6 +175,10 @@ def _validate(values: dict[str, Any], source: str) -> None:
     ):
         if values[name] not in choices:
             raise ConfigError(f"{source}: {name} must be one of {choices}, got {values[name]!r}")
+    if not values["consistency"] >= 0:
+        raise ConfigError(f"{source}: consistency must be >= 0, got {values['consistency']}")
+    if values["consistency"] > 0 and values["objective"] != "mixed":
+        raise ConfigError(f"{source}: --consistency needs --objective mixed")
     if values.get("resume") and values.get("init_from"):
         raise ConfigError(f"{source}: give --resume or --init-from, not both")
 

@@ -1,9 +1,12 @@
 """One training epoch and one validation pass (BCE with logits, patch accuracy).
 
 A batch holds patches ``[B, 9, 3, 224, 224]`` (the ``patch`` objective) or dense crops
-``[B, 3, 736, 736]``; the ``mixed`` objective runs a crop batch twice, whole and cut into its
-nine patches, each view with its own backward pass (the first without a DDP gradient sync),
-and its loss is the two views' mean.
+``[B, 3, 736, 736]``; the ``mixed`` objective runs a crop batch twice, cut into its nine
+patches and whole, each view with its own backward pass (the first without a DDP gradient
+sync), and its loss is the two views' mean. With a ``consistency`` weight the whole view's
+loss also holds that weight times the mean squared difference between its labelled-cell logits
+and the patch view's (held fixed): the dense map is pulled onto the exact one, not both onto
+each other.
 """
 
 from __future__ import annotations
@@ -56,10 +59,10 @@ def views(batch: Batch, device: torch.device, objective: Objective) -> list[Batc
     if objective == "patch":
         return [(images.reshape(-1, *images.shape[-3:]), labels)]
     out = [(images, labels)]
-    if objective == "mixed":
+    if objective == "mixed":  # the patches first: the whole view's consistency term needs them
         starts = [o - DENSE_CROP_OFFSET for o in patch_offsets("centre")]
         cut = [images[..., y : y + PATCH_SIZE, x : x + PATCH_SIZE] for y in starts for x in starts]
-        out.append((torch.stack(cut, dim=1).reshape(-1, *cut[0].shape[1:]), labels))
+        out.insert(0, (torch.stack(cut, dim=1).reshape(-1, *cut[0].shape[1:]), labels))
     return out
 
 
@@ -100,11 +103,17 @@ def train_one_epoch(
     max_steps: int | None = None,
     quiet: bool = False,
     objective: Objective = "patch",
+    consistency: float = 0.0,
 ) -> EpochStats:
     """Train for one epoch (at most ``max_steps`` steps) on ``objective``'s views of a batch.
 
+    Args:
+        consistency: Weight of the whole view's squared logit difference from the patch view
+            (``mixed`` only; see the module's docstring).
+
     Returns:
-        Mean BCE loss and patch accuracy over the patches seen, with throughput.
+        Mean loss (BCE, plus the consistency term) and patch accuracy over the patches seen,
+        with throughput.
     """
     model.train()
     criterion = nn.BCEWithLogitsLoss(reduction="mean")
@@ -130,13 +139,19 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         parts = views(batch, device, objective)
         loss_value = 0.0
+        reference: torch.Tensor | None = None  # the patch view's logits, for the whole view
         for i, (images, labels) in enumerate(parts):
             last = i == len(parts) - 1
             with nullcontext() if last or no_sync is None else no_sync():
                 with _autocast(device, amp):
-                    logits = view_logits(model, images)
-                    loss = criterion(logits.float(), labels) / len(parts)
+                    logits = view_logits(model, images).float()
+                    loss = criterion(logits, labels)
+                    if reference is not None:
+                        loss = loss + consistency * nn.functional.mse_loss(logits, reference)
+                    loss = loss / len(parts)
                 (scaler.scale(loss) if scaler is not None and amp else loss).backward()
+            if consistency > 0 and not last:
+                reference = logits.detach()
             n, part_loss = labels.numel(), float(loss.detach())
             loss_value += part_loss
             loss_sum += part_loss * len(parts) * n

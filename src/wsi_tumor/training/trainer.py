@@ -203,6 +203,7 @@ def _train(
                 cfg.max_steps_per_epoch,
                 cfg.quiet,
                 cfg.objective,
+                cfg.consistency,
             )
             scheduler.step()
             va = evaluate(
