@@ -149,6 +149,10 @@ def test_targets_compare_matched_batches_and_the_client() -> None:
     # b/a, detector/classifier at 40 and 160 patches, d/a, d/b, client / classifier at 160
     assert measured == [2.5, 0.92, 0.833, 12.5, 5.0, 0.833]
     assert [t.passed for t in targets] == [True, True, False, True, True, False]
+    # --skip-perf: the ways' ratios only, and the report still renders
+    skipped = {**fake_results(), "perf": []}
+    assert [round(t.measured, 3) for t in evaluate_targets(skipped)] == [2.5, 12.5, 5.0]
+    assert "d/a" in render_markdown(skipped, evaluate_targets(skipped), "throughput.png")
 
 
 def test_report_renders_machine_targets_tables_and_ratios(tmp_path: Path) -> None:

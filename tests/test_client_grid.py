@@ -201,14 +201,14 @@ def test_a_failed_request_fails_the_slide_with_its_own_error() -> None:
         )
 
 
-def test_dense_plan_splits_sparse_blocks_and_covers_every_cell_once() -> None:
-    """A full block stays whole, a sparse one becomes its occupied halves; nothing is lost."""
+def test_dense_plan_bounds_and_splits_sparse_blocks_and_covers_every_cell_once() -> None:
+    """A full block stays whole, a sparse one becomes the squares bounding its tissue."""
     from wsi_tumor.client.grid import plan_dense_regions
 
     mask = np.zeros((40, 70), dtype=bool)
     mask[:32, :32] = True  # one full k = 32 block
-    mask[3, 40] = mask[30, 60] = True  # two lone cells in the next block
-    mask[35:40, 5:9] = True  # a strip below the full block
+    mask[3, 40] = mask[30, 60] = True  # two lone cells 28 cells apart in the next block
+    mask[35:40, 5:9] = True  # a 5 x 4 strip below the full block
     regions = plan_dense_regions(mask, 32, 8)
     covered = np.zeros_like(mask, dtype=int)
     for region in regions:
@@ -216,15 +216,18 @@ def test_dense_plan_splits_sparse_blocks_and_covers_every_cell_once() -> None:
         block = covered[region.row0 : region.row0 + k, region.col0 : region.col0 + k]
         block += region.cell_mask[: block.shape[0], : block.shape[1]]
     np.testing.assert_array_equal(covered, mask.astype(int))
-    assert [r.cells for r in regions] == sorted((r.cells for r in regions), reverse=True)
-    assert (regions[0].cells, regions[0].col0, regions[0].row0) == (32, 0, 0)
-    small = [(r.cells, r.col0, r.row0) for r in regions[1:]]
-    assert small == [(8, 40, 0), (8, 56, 24), (8, 0, 32), (8, 8, 32)]
+    # the lone cells: two k = 3 squares (the smallest the model takes), not one of k = 28
+    assert [(r.cells, r.col0, r.row0) for r in regions] == [
+        (32, 0, 0),
+        (5, 5, 35),
+        (3, 40, 3),
+        (3, 60, 30),
+    ]
     pixels = sum(contract.region_size(r.cells) ** 2 for r in regions)
     assert pixels < sum(contract.region_size(32) ** 2 for _ in plan_regions(mask, 32))
-    # odd k and k below twice the smallest are never split
+    # k = 3 blocks are never shrunk below the model's smallest k, nor any block grown past k
     assert {r.cells for r in plan_dense_regions(mask, 3, 8)} == {3}
-    assert {r.cells for r in plan_dense_regions(mask, 15, 8)} == {15}
+    assert {r.cells for r in plan_dense_regions(mask, 15, 8)} == {15, 3}
 
 
 def test_batched_keeps_one_k_per_request() -> None:

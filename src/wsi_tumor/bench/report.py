@@ -149,7 +149,7 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[Target]:
                         f"{d['patches_per_s']:.1f} vs {ways[key]['patches_per_s']:.1f} cells/s",
                     )
                 )
-    if "b" in ways:
+    if "b" in ways and exact_perf:  # --skip-perf: no classifier throughput to compare with
         batch = results["client_batch"]
         best_c = best_perf(perf, classifier, batch)
         b = ways["b"]

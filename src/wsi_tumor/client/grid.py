@@ -9,8 +9,9 @@ holding tissue becomes a :class:`Region`, read once at level 0 with top-left
 ensemble's tiler cuts into the same patches. Every tissue cell lies in exactly one region.
 
 Dense mode plans a quadtree instead (:func:`plan_dense_regions`): its cost is the pixels run
-through the network, ``region_size(k)**2`` per region whatever its tissue, so a large block
-with little tissue is split into the halves that hold some.
+through the network, ``region_size(k)**2`` per region whatever its tissue, so each block
+shrinks to the square that bounds its tissue, and a block whose tissue is spread thin is
+split into the halves that hold some.
 """
 
 from __future__ import annotations
@@ -114,33 +115,46 @@ def plan_dense_regions(
     cells: int = contract.DENSE_REGION_CELLS,
     smallest: int = contract.DENSE_SPLIT_CELLS,
 ) -> list[Region]:
-    """Cover the true cells of ``mask`` with regions of k = ``cells`` or halves of them.
+    """Cover the true cells of ``mask`` with square regions of k <= ``cells``.
 
-    A block of even k >= 2 x ``smallest`` is replaced by its occupied k/2 blocks (each in
-    turn split the same way) when they hold fewer pixels than the block: ``n x
-    region_size(k/2)**2 < region_size(k)**2``. Every true cell lies in exactly one region.
+    Each k x k block of the mask becomes the square that bounds its true cells (side
+    max(height, width), at least ``contract.DENSE_MIN_CELLS``), or, where that costs fewer
+    pixels, its occupied k/2 blocks planned the same way (blocks of even k >= 2 x
+    ``smallest`` only). A square may reach past its block; cells outside the block are off
+    in its ``cell_mask``, so every true cell lies in exactly one region.
 
     Returns:
         Regions sorted by k (largest first), then row-major, so requests hold one k.
     """
-    out = [part for region in plan_regions(mask, cells) for part in _split(region, smallest)]
+    out = [part for block in plan_regions(mask, cells) for part in _plan_block(block, smallest)]
     return sorted(out, key=lambda r: (-r.cells, r.row0, r.col0))
 
 
-def _split(region: Region, smallest: int) -> list[Region]:
-    half = region.cells // 2
-    if region.cells % 2 or half < smallest:
-        return [region]
-    parts = plan_regions(region.cell_mask, half)
-    if len(parts) * contract.region_size(half) ** 2 >= contract.region_size(region.cells) ** 2:
-        return [region]
-    return [
-        piece
-        for part in parts
-        for piece in _split(
-            Region(region.col0 + part.col0, region.row0 + part.row0, part.cell_mask), smallest
-        )
-    ]
+def _pixels(regions: Sequence[Region]) -> int:
+    return sum(contract.region_size(region.cells) ** 2 for region in regions)
+
+
+def _plan_block(block: Region, smallest: int) -> list[Region]:
+    rows, cols = np.nonzero(block.cell_mask)
+    top, left = int(rows.min()), int(cols.min())
+    side = max(int(rows.max()) - top, int(cols.max()) - left) + 1
+    side = max(side, contract.DENSE_MIN_CELLS)
+    square = np.zeros((side, side), dtype=bool)
+    inside = block.cell_mask[top : top + side, left : left + side]
+    square[: inside.shape[0], : inside.shape[1]] = inside
+    best = [Region(block.col0 + left, block.row0 + top, square)]
+    half = block.cells // 2
+    if block.cells % 2 == 0 and half >= smallest:
+        split = [
+            piece
+            for part in plan_regions(block.cell_mask, half)
+            for piece in _plan_block(
+                Region(block.col0 + part.col0, block.row0 + part.row0, part.cell_mask), smallest
+            )
+        ]
+        if _pixels(split) < _pixels(best):
+            best = split
+    return best
 
 
 def batched(regions: Sequence[Region], size: int) -> Iterator[Sequence[Region]]:
