@@ -29,9 +29,9 @@ REGION_CELLS: Final = 8
 DENSE_REGION_CELLS: Final = 32
 """Default k of the dense mode's largest regions: larger regions amortise the 160 px halo.
 
-A block of k x k cells is halved (down to :data:`DENSE_SPLIT_CELLS`) where its occupied
-halves cost fewer pixels than the whole block, so sparse tissue is not paid for at k = 32
-(:func:`wsi_tumor.client.grid.plan_dense_regions`). Measured on the 2-core runner: dense
+A block of k x k cells shrinks to the square bounding its tissue, or is halved (down to
+:data:`DENSE_SPLIT_CELLS`) where its occupied halves cost fewer pixels, so sparse tissue is
+not paid for at k = 32 (:func:`wsi_tumor.client.grid.plan_dense_regions`). Measured on the 2-core runner: dense
 throughput follows the pixels computed per tissue cell (``wsi-infer --mode dense
 --region-cells K`` on the bench slide, fixed k, cells/s: k = 8: 349-368, 16: 383-406,
 24: 341-350, 32: 449-468)."""

@@ -292,7 +292,7 @@ def _mode_note(config: DemoConfig, paths: DemoPaths) -> list[str]:
     exact = paths.root / "predictions_exact"
     return [
         "Inference ran in **dense** mode (whole regions through the fully convolutional "
-        "network: 5.5x exact mode's cells/s on a 2-core CPU, about 10x in the network alone "
+        "network: 7x exact mode's cells/s on a 2-core CPU, about 10x in the network alone "
         "on a GPU; its accuracy against exact mode is measured by `make accuracy`). The exact "
         "mode's FROC on the same slides:",
         "",

@@ -98,7 +98,7 @@ class InferConfig:
     mode: str = option(
         "exact",
         "exact: one patch per cell through the ensemble (MONAI's map); dense: whole regions "
-        "through the fully convolutional network (5.5x the cells/s on a CPU, approximate)",
+        "through the fully convolutional network (7x the cells/s on a 2-core CPU, approximate)",
         choices=MODES,
     )
     region_cells: int | None = option(
