@@ -31,10 +31,10 @@ DENSE_REGION_CELLS: Final = 32
 
 A block of k x k cells shrinks to the square bounding its tissue, or is halved (down to
 :data:`DENSE_SPLIT_CELLS`) where its occupied halves cost fewer pixels, so sparse tissue is
-not paid for at k = 32 (:func:`wsi_tumor.client.grid.plan_dense_regions`). Measured on the 2-core runner: dense
-throughput follows the pixels computed per tissue cell (``wsi-infer --mode dense
---region-cells K`` on the bench slide, fixed k, cells/s: k = 8: 349-368, 16: 383-406,
-24: 341-350, 32: 449-468)."""
+not paid for at k = 32 (:func:`wsi_tumor.client.grid.plan_dense_regions`). Measured on the
+2-core runner: dense throughput follows the pixels computed per tissue cell (``wsi-infer
+--mode dense --region-cells K`` on the bench slide with the fixed-k planner before this one,
+cells/s: k = 8: 349-368, 16: 383-406, 24: 341-350, 32: 449-468)."""
 DENSE_SPLIT_CELLS: Final = 8
 """Smallest k the dense mode's planner halves a region down to."""
 DENSE_MIN_CELLS: Final = 3
