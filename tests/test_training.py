@@ -21,6 +21,7 @@ from wsi_tumor.training.config import config_from_argv
 from wsi_tumor.training.dataset import GridPatchDataset, load_dataset
 from wsi_tumor.training.grid import patch_offsets
 from wsi_tumor.training.labels import LabelRow
+from wsi_tumor.training.trainer import default_amp
 from wsi_tumor.training.transforms import TrainAugment, zoom_keep_size
 
 REPO = Path(__file__).resolve().parents[1]
@@ -326,6 +327,7 @@ def test_resume_continues_from_saved_epoch(tmp_path: Path) -> None:
     assert set(ckpt) >= {"model", "optimizer", "scheduler", "scaler", "epoch", "best_metric"}
     written = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
     assert written["epochs"] == 2 and written["batch_size"] == 1
+    assert written["amp"] is default_amp(torch.device("cpu"))  # what ran, not "default"
     assert list((tmp_path / "b" / "tensorboard").iterdir())
 
 
@@ -474,6 +476,27 @@ def test_consistency_pulls_the_whole_view_onto_the_patch_view() -> None:
     assert float(term.detach()) > 0
     for a, b, want in zip(plain, pulled, expected, strict=True):
         torch.testing.assert_close(b - a, want, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_amp_runs_the_cpu_training_step_in_bf16(amp: bool) -> None:
+    """--amp on the CPU trains under bf16 autocast (it once only reached validation: the
+    training step took its precision from the CUDA-only gradient scaler)."""
+    from wsi_tumor.models.resnet_fcn import build_model
+    from wsi_tumor.training.distributed import DistInfo
+    from wsi_tumor.training.engine import train_one_epoch
+
+    model = build_model()
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    seen: list[torch.dtype] = []
+    first_conv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    batch = (torch.rand(1, 9, 3, 224, 224) - 0.5, torch.ones(1, 3, 3))
+    still = torch.optim.SGD(model.parameters(), lr=0.0)
+    cpu = torch.device("cpu")
+    stats = train_one_epoch(model, [batch], still, None, cpu, DistInfo(), 1, quiet=True, amp=amp)
+    assert seen == [torch.bfloat16 if amp else torch.float32]
+    assert stats.patches == 9 and np.isfinite(stats.loss)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
 
 
 def test_consistency_needs_the_mixed_objective(tmp_path: Path) -> None:

@@ -68,7 +68,11 @@ class TrainConfig:
     resume: Path | None = option(None, "training checkpoint to continue from")
     init_from: Path | None = option(None, "weights to start from (ours or the bundle's model.pt)")
     pretrained: bool = option(False, "ImageNet ResNet18 weights from the local torch hub cache")
-    amp: bool | None = option(None, "mixed precision (default: on with CUDA, off on the CPU)")
+    amp: bool | None = option(
+        None,
+        "mixed precision, fp16 on CUDA and bf16 on the CPU (default: on with CUDA and on CPUs "
+        "with native bf16, AVX512-BF16 or AMX; off elsewhere)",
+    )
     device: str = option("auto", "training device", choices=DEVICES)
     max_steps_per_epoch: int | None = option(None, "bound each training epoch (CPU runs)")
     max_valid_steps: int | None = option(None, "bound each validation pass")

@@ -56,14 +56,13 @@ def views(batch: Batch, device: torch.device, objective: Objective) -> list[Batc
     images, labels = batch
     images = images.to(device, non_blocking=True)
     labels = labels.reshape(-1).to(device, non_blocking=True)
-    if objective == "patch":
-        return [(images.reshape(-1, *images.shape[-3:]), labels)]
-    out = [(images, labels)]
+    out = [(images.reshape(-1, *images.shape[-3:]) if objective == "patch" else images, labels)]
     if objective == "mixed":  # the patches first: the whole view's consistency term needs them
         starts = [o - DENSE_CROP_OFFSET for o in patch_offsets("centre")]
         cut = [images[..., y : y + PATCH_SIZE, x : x + PATCH_SIZE] for y in starts for x in starts]
         out.insert(0, (torch.stack(cut, dim=1).reshape(-1, *cut[0].shape[1:]), labels))
-    return out
+    # channels_last, as the model (trainer): oneDNN convolutions run faster in it on the CPU
+    return [(x.contiguous(memory_format=torch.channels_last), y) for x, y in out]
 
 
 def view_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -104,12 +103,15 @@ def train_one_epoch(
     quiet: bool = False,
     objective: Objective = "patch",
     consistency: float = 0.0,
+    amp: bool = False,
 ) -> EpochStats:
     """Train for one epoch (at most ``max_steps`` steps) on ``objective``'s views of a batch.
 
     Args:
         consistency: Weight of the whole view's squared logit difference from the patch view
             (``mixed`` only; see the module's docstring).
+        amp: Run the forward pass under autocast (fp16 on CUDA with ``scaler``, bf16 on the
+            CPU, which needs no scaler).
 
     Returns:
         Mean loss (BCE, plus the consistency term) and patch accuracy over the patches seen,
@@ -117,7 +119,8 @@ def train_one_epoch(
     """
     model.train()
     criterion = nn.BCEWithLogitsLoss(reduction="mean")
-    amp = scaler is not None and scaler.is_enabled()
+    if scaler is not None and not scaler.is_enabled():
+        scaler = None
     loss_sum = correct = count = 0.0
     start = time.perf_counter()
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
@@ -149,7 +152,7 @@ def train_one_epoch(
                     if reference is not None:
                         loss = loss + consistency * nn.functional.mse_loss(logits, reference)
                     loss = loss / len(parts)
-                (scaler.scale(loss) if scaler is not None and amp else loss).backward()
+                (scaler.scale(loss) if scaler is not None else loss).backward()
             if consistency > 0 and not last:
                 reference = logits.detach()
             n, part_loss = labels.numel(), float(loss.detach())
@@ -157,7 +160,7 @@ def train_one_epoch(
             loss_sum += part_loss * len(parts) * n
             correct += float(((logits.detach() > 0).float() == labels).sum())
             count += n
-        if scaler is not None and amp:
+        if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
