@@ -15,8 +15,9 @@ from wsi_tumor.data import layout
 from wsi_tumor.data.annotations import read_annotations, read_asap_xml
 from wsi_tumor.data.cli import main
 from wsi_tumor.data.polygons import contains, rasterize
-from wsi_tumor.data.synthetic import SlideSpec, SynthConfig, generate, write_slide
+from wsi_tumor.data.synthetic import SlideSpec, SynthConfig, generate, write_slide, write_slides
 from wsi_tumor.data.tiff_writer import downsample2, pyramid_dimensions
+from wsi_tumor.errors import ConfigError
 
 SIZE = 2048
 SEED = 11
@@ -176,6 +177,21 @@ def test_deterministic_for_a_seed(dataset: Path, tmp_path: Path) -> None:
     assert _sha(layout.image_path(tmp_path, "test_001")) != _sha(
         layout.image_path(dataset, "test_001")
     )
+
+
+def _square_unless_negative(n: int) -> int:
+    if n < 0:
+        raise ConfigError(f"slide {n}: negative")
+    return n * n
+
+
+def test_write_slides_keeps_the_order_and_raises_a_workers_error() -> None:
+    """Slides are written by a process pool (``test_deterministic_for_a_seed`` checks that a
+    pooled slide equals one written alone); results come back in the specs' order, and a
+    worker's typed error reaches the caller as itself."""
+    assert write_slides(_square_unless_negative, [3, 1, 2, 5], quiet=True) == [9, 1, 4, 25]
+    with pytest.raises(ConfigError, match="slide -1: negative"):
+        write_slides(_square_unless_negative, [1, -1, 2], quiet=True)
 
 
 def test_downsample2_and_dimensions() -> None:

@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -273,6 +276,27 @@ def make_dataset_dirs(root: Path) -> None:
         (root / sub).mkdir(parents=True, exist_ok=True)
 
 
+SpecT = TypeVar("SpecT")
+ResultT = TypeVar("ResultT")
+
+
+def write_slides(
+    write: Callable[[SpecT], ResultT], specs: Sequence[SpecT], quiet: bool
+) -> list[ResultT]:
+    """``write`` over ``specs``, one process per CPU core (each slide is a pure function of
+    its spec and files of its own), results in order, with a bar over the slides written.
+
+    ``write`` must pickle (a module-level function or a ``partial`` of one) and should hide its
+    own per-row bar: several slides are written at once.
+    """
+    workers = min(len(specs), os.cpu_count() or 1)
+    bar = partial(tqdm, total=len(specs), desc="slides", unit="slide", disable=quiet)
+    if workers <= 1:
+        return [write(spec) for spec in bar(specs)]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(bar(pool.map(write, specs)))
+
+
 def write_lists(
     root: Path,
     specs: Sequence[ListedSlide],
@@ -321,9 +345,10 @@ def generate(config: SynthConfig) -> list[SlideSpec]:
     root = Path(config.out)
     make_dataset_dirs(root)
     specs = plan_slides(config)
-    geometries: dict[str, SlideGeometry] = {}
-    for spec in tqdm(specs, desc="slides", unit="slide", disable=config.quiet):
-        geometries[spec.name] = write_slide(root, spec, config.size, config.seed, config.quiet)
+    written = write_slides(
+        partial(write_slide, root, size=config.size, seed=config.seed), specs, config.quiet
+    )
+    geometries = {spec.name: geometry for spec, geometry in zip(specs, written, strict=True)}
     write_lists(root, specs, geometries, config)
     metadata = {
         "config": {

@@ -19,7 +19,8 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,12 @@ from wsi_tumor.data.hard.painter import HardPainter
 from wsi_tumor.data.hard.plan import Budget, TissuePlan, plan_tissue
 from wsi_tumor.data.hard.shapes import CLASSES, LesionShape, ShapeTable, load_table
 from wsi_tumor.data.hard.textures import Centre, centre_stain
-from wsi_tumor.data.synthetic import make_dataset_dirs, write_ground_truth, write_lists
+from wsi_tumor.data.synthetic import (
+    make_dataset_dirs,
+    write_ground_truth,
+    write_lists,
+    write_slides,
+)
 from wsi_tumor.data.tiff_writer import PyramidSpec, write_pyramid
 from wsi_tumor.errors import ConfigError
 from wsi_tumor.fileio import write_text
@@ -310,9 +316,12 @@ def generate_hard(config: HardConfig, table: ShapeTable | None = None) -> list[H
     root = Path(config.out)
     make_dataset_dirs(root)
     specs = plan_specs(config, table)
-    slides: dict[str, HardSlide] = {}
-    for spec in tqdm(specs, desc="slides", unit="slide", disable=config.quiet):
-        slides[spec.name] = write_hard_slide(root, spec, config, table)
+    written = write_slides(
+        partial(write_hard_slide, root, config=replace(config, quiet=True), table=table),
+        specs,
+        config.quiet,
+    )
+    slides = {spec.name: slide for spec, slide in zip(specs, written, strict=True)}
     write_lists(root, specs, {name: slide.plan for name, slide in slides.items()}, config)
     metadata = {
         "config": _config_json(config),
