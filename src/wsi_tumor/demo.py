@@ -241,6 +241,15 @@ def write_summary(
         "",
         "## Training (validation patch accuracy per epoch)",
         "",
+        "Precision: "
+        + (
+            "mixed (autocast: bf16 on a CPU that computes it natively, fp16 on CUDA; "
+            "`wsi-train --no-amp` trains in fp32)"
+            if last.get("config", {}).get("amp")
+            else "fp32 (this CPU has no native bf16, or `--no-amp` was given)"
+        )
+        + ".",
+        "",
         "| epoch | train loss | valid loss | valid accuracy | train patches/s |",
         "|---:|---:|---:|---:|---:|",
         *(
