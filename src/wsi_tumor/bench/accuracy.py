@@ -137,9 +137,11 @@ def _stages(args: argparse.Namespace, paths: AccuracyPaths) -> list[Stage]:
     ]  # fmt: skip
     checkpoint = args.checkpoint
     if checkpoint is None:
+        # fp32 on every runner: wsi-train's default (bf16 where the CPU has it) would make the
+        # benchmark's arithmetic, and so its weights, depend on the runner it lands on
         shared = [
             "--batch-size", str(args.batch_size), "--max-valid-steps", str(args.valid_steps),
-            "--workers", str(recipe.workers), "--seed", str(args.seed), *quiet,
+            "--workers", str(recipe.workers), "--seed", str(args.seed), "--no-amp", *quiet,
         ]  # fmt: skip
         checkpoint = paths.checkpoints / "best.pt"
         stages += [

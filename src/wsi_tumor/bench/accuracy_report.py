@@ -214,7 +214,7 @@ def _model_line(settings: dict[str, Any]) -> str:
         return f"the weights in `{settings['checkpoint']}`"
     line = (
         f"the demo's recipe ({settings['epochs']} epochs x {settings['steps_per_epoch']} steps "
-        f"of {settings['batch_size']} regions, `--objective patch`)"
+        f"of {settings['batch_size']} regions, `--objective patch`, fp32: `--no-amp`)"
     )
     if settings["finetune_steps"]:
         line += (
