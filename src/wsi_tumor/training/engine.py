@@ -110,8 +110,9 @@ def train_one_epoch(
     Args:
         consistency: Weight of the whole view's squared logit difference from the patch view
             (``mixed`` only; see the module's docstring).
-        amp: Run the forward pass under autocast (fp16 on CUDA with ``scaler``, bf16 on the
-            CPU, which needs no scaler).
+        amp: Run the forward pass under autocast (fp16 on CUDA with an enabled ``scaler``,
+            bf16 on the CPU, which needs none: a disabled scaler passes the loss and the step
+            through unchanged).
 
     Returns:
         Mean loss (BCE, plus the consistency term) and patch accuracy over the patches seen,
@@ -119,8 +120,6 @@ def train_one_epoch(
     """
     model.train()
     criterion = nn.BCEWithLogitsLoss(reduction="mean")
-    if scaler is not None and not scaler.is_enabled():
-        scaler = None
     loss_sum = correct = count = 0.0
     start = time.perf_counter()
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
