@@ -33,7 +33,12 @@ def test_quick_accuracy_run_scores_both_modes(tmp_path: Path) -> None:
             assert (out / f"{curve}_{mode}.png").stat().st_size > 0
     assert [row["confounder"] for row in results["confounders"]] == list(CONFOUNDERS)
     assert results["agreement"]["pooled"]["candidates"]
+    for key, (low, high) in results["difference_interval_95"].items():
+        difference = results["modes"]["dense"][key] - results["modes"]["exact"][key]
+        # one tumour and one normal slide: every resample draws the same two
+        assert low == pytest.approx(difference) and high == pytest.approx(difference)
     assert set(results["targets"]) and all(isinstance(v, bool) for v in results["targets"].values())
     assert results["classifier_patches_per_s"] > 0
     report = (out / "report.md").read_text()
     assert "FROC" in report and "AUC" in report and "patches/s" in report
+    assert "95 % interval" in report

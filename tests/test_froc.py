@@ -518,3 +518,45 @@ def test_xml_ground_truth_with_known_geometry(
     r = report.slides[0].result
     assert (r.num_lesions, r.num_tp_detections, r.num_fp) == (1, 2, 1)
     assert report.score == pytest.approx(1.0)
+
+
+# --- bootstrap interval of a paired difference (the accuracy report's uncertainty) ---
+
+
+def test_bootstrap_interval_matches_scipys_percentile_interval_of_a_mean() -> None:
+    from scipy.stats import bootstrap
+
+    from wsi_tumor.evaluation.agreement import bootstrap_interval
+
+    values = np.random.default_rng(3).normal(size=400)
+    ours = bootstrap_interval(lambda drawn: float(values[drawn].mean()), [range(400)])
+    theirs = bootstrap(
+        (values,), np.mean, method="percentile", n_resamples=2000, rng=np.random.default_rng(1)
+    ).confidence_interval
+    assert ours[0] < values.mean() < ours[1]
+    assert ours == pytest.approx((theirs.low, theirs.high), abs=0.015)
+    assert ours == bootstrap_interval(lambda drawn: float(values[drawn].mean()), [range(400)])
+
+
+def test_bootstrap_interval_keeps_strata_and_drops_undefined_resamples() -> None:
+    from wsi_tumor.evaluation.agreement import bootstrap_interval
+
+    tumour, normal = [0, 1, 2], [3, 4, 5, 6]
+    seen = []
+
+    def tumour_share(drawn: np.ndarray) -> float:
+        seen.append(len(drawn))
+        if (drawn == 0).sum() > 1:  # undefined on some resamples: they are left out
+            raise EvaluationError("slide 0 drawn twice")
+        return float(np.isin(drawn, tumour).mean())
+
+    assert bootstrap_interval(tumour_share, [tumour, [], normal]) == (3 / 7, 3 / 7)
+    assert len(seen) == 2000 and set(seen) == {7}
+
+    def undefined(drawn: np.ndarray) -> float:
+        raise EvaluationError("no lesion drawn")
+
+    with pytest.raises(EvaluationError, match="every bootstrap resample"):
+        bootstrap_interval(undefined, [tumour])
+    with pytest.raises(EvaluationError, match="no items"):
+        bootstrap_interval(tumour_share, [[], []])

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from wsi_tumor import contract
+from wsi_tumor.evaluation.agreement import BOOTSTRAP_RESAMPLES
 from wsi_tumor.fileio import write_json, write_text
 
 if TYPE_CHECKING:
@@ -134,6 +135,44 @@ def agreement(paths: AccuracyPaths, slides: Sequence[str]) -> dict[str, Any]:
     return {"pooled": pooled, "per_slide": per_slide}
 
 
+def difference_intervals(
+    paths: AccuracyPaths, tests: dict[str, Any], scores: dict[str, Any]
+) -> dict[str, list[float]]:
+    """95 % paired-bootstrap intervals of dense - exact FROC and slide-level AUC.
+
+    Slides are resampled with replacement, tumour and normal slides separately, and both
+    modes are scored on the same resample, so the interval says how far the difference
+    moves with the choice of test slides alone.
+    """
+    from wsi_tumor.evaluation.agreement import bootstrap_interval
+    from wsi_tumor.evaluation.evaluate import FrocConfig, evaluate_directory
+    from wsi_tumor.evaluation.froc import froc_curve, froc_score
+    from wsi_tumor.evaluation.slide_level import roc_auc
+
+    names = sorted(tests)
+    slides = {}
+    for mode in ("exact", "dense"):
+        report = evaluate_directory(
+            paths.predictions(mode), paths.data / "masks", FrocConfig.build(), paths.data / "images"
+        )
+        by_name = {record.result.name: record.result for record in report.slides}
+        slides[mode] = [by_name[name] for name in names]
+    labels = np.array([tests[name]["label"] == "tumor" for name in names])
+    slide_scores = {m: np.array([scores[m]["slide_scores"][n] for n in names]) for m in slides}
+    strata = [np.flatnonzero(labels), np.flatnonzero(~labels)]
+
+    def froc(mode: str, drawn: np.ndarray) -> float:
+        return froc_score(*froc_curve([slides[mode][i] for i in drawn])[:2])[0]
+
+    def auc(mode: str, drawn: np.ndarray) -> float:
+        return roc_auc(labels[drawn], slide_scores[mode][drawn])
+
+    def dense_minus_exact(score: Callable[[str, np.ndarray], float]) -> list[float]:
+        return list(bootstrap_interval(lambda d: score("dense", d) - score("exact", d), strata))
+
+    return {"froc": dense_minus_exact(froc), "auc": dense_minus_exact(auc)}
+
+
 def collect(paths: AccuracyPaths, modes: Sequence[str]) -> dict[str, Any]:
     """Scores of each mode, map agreement and the confounder table, from the run's files."""
     dataset = _json(paths.data / "dataset.json")
@@ -181,6 +220,7 @@ def collect(paths: AccuracyPaths, modes: Sequence[str]) -> dict[str, Any]:
             row[f"{mode}_fp_on_it"] = on[row["confounder"]]
     if {"exact", "dense"} <= set(modes):
         results["agreement"] = agreement(paths, sorted(tests))
+        results["difference_interval_95"] = difference_intervals(paths, tests, results["modes"])
         exact, dense = results["modes"]["exact"], results["modes"]["dense"]
         low, high = FROC_RANGE
         results["targets"] = {
@@ -223,6 +263,26 @@ def _model_line(settings: dict[str, Any]) -> str:
             "dense logits pulled toward the patches')"
         )
     return line
+
+
+def _interval_line(results: dict[str, Any]) -> str:
+    modes, interval = results["modes"], results["difference_interval_95"]
+    parts = []
+    budgets = (("froc", "FROC", DENSE_FROC_BUDGET), ("auc", "AUC", DENSE_AUC_BUDGET))
+    for key, label, budget in budgets:
+        low, high = interval[key]
+        inside = -budget <= low and high <= budget
+        parts.append(
+            f"{label} {modes['dense'][key] - modes['exact'][key]:+.3f}, 95 % interval "
+            f"[{low:+.3f}, {high:+.3f}] ({'inside' if inside else 'not inside'} +-{budget})"
+        )
+    return (
+        f"Uncertainty (paired bootstrap over the test slides, {BOOTSTRAP_RESAMPLES} resamples "
+        "drawing tumour and normal slides separately, both modes scored on each): dense - exact "
+        + "; ".join(parts)
+        + ". An interval that is not inside the budget means this test set cannot show the "
+        "two modes equal to within it, whatever the single run's PASS or MISS."
+    )
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -268,6 +328,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                 f"Resolution: one of the {lesions} lesions found at one more or one fewer of the "
                 f"six FP rates moves the FROC by 1 / (6 x {lesions}) = {1 / (6 * lesions):.4f}.",
             ]
+        if "difference_interval_95" in results:
+            lines += ["", _interval_line(results)]
     if "agreement" in results:
         pooled = results["agreement"]["pooled"]
         lines += [

@@ -6,6 +6,7 @@ either map, or a given mask), so the large zero background does not inflate them
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,6 +19,8 @@ DECISION_THRESHOLD = 0.5
 """Probability at which a cell counts as tumour for the agreement rate."""
 MATCH_RADIUS_CELLS = 2.0
 """Lesion candidates of the two maps within this many cells count as the same."""
+BOOTSTRAP_RESAMPLES = 2000
+"""Resamples of :func:`bootstrap_interval`."""
 
 
 @dataclass(frozen=True)
@@ -98,3 +101,40 @@ def matched_detections(
             free[nearest] = False
             both += 1
     return both, len(a) - both, len(b) - both
+
+
+def bootstrap_interval(
+    statistic: Callable[[npt.NDArray[np.int64]], float],
+    strata: Sequence[npt.ArrayLike],
+    level: float = 0.95,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic`` over resamples of item indices.
+
+    Each resample draws every stratum's indices with replacement, as many as it holds (so a
+    resample keeps the tumour/normal mix of the slides), and passes them all to
+    ``statistic``. Comparing two modes, the statistic scores both on the same indices: a
+    paired bootstrap of their difference. Resamples on which the statistic is undefined
+    (it raises :class:`EvaluationError`, e.g. no lesion drawn) are left out.
+
+    Raises:
+        EvaluationError: No stratum holds an index, or the statistic is undefined on every
+            resample.
+    """
+    groups = [g for g in (np.asarray(s, np.int64).ravel() for s in strata) if g.size]
+    if not groups:
+        raise EvaluationError("bootstrap over no items")
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        drawn = np.concatenate([rng.choice(g, size=len(g)) for g in groups])
+        try:
+            values.append(statistic(drawn))
+        except EvaluationError:
+            continue
+    if not values:
+        raise EvaluationError("the statistic is undefined on every bootstrap resample")
+    tail = 50 * (1 - level)
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
