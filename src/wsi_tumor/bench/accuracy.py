@@ -4,12 +4,12 @@ One run, as a user would type it: ``wsi-synth --preset hard`` (real CAMELYON16 l
 shapes, confounders, two staining centres, half of the test slides normal), ``wsi-labels``,
 ``wsi-train`` with the demo's recipe, then fine-tuned on whole regions (``--objective mixed``)
 so that one checkpoint gives the same map in both modes, ``wsi-export``, then one local
-tritonserver serving
-both modes while ``wsi-infer --mode exact`` and ``--mode dense`` read the test set, and
-``wsi-froc --reference`` scoring each (FROC, the six sensitivities, slide-level AUC). The
-report (:mod:`wsi_tumor.bench.accuracy_report`) puts the two modes side by side with their
-map agreement, says what each confounder costs (per-slide results grouped by confounder),
-and gives the machine, the timings and the classifier's patches/s.
+tritonserver serving both modes while ``wsi-infer --mode exact`` and ``--mode dense`` read the
+test set, and ``wsi-froc --reference`` scoring each (FROC, the six sensitivities, slide-level
+AUC). The report (:mod:`wsi_tumor.bench.accuracy_report`) puts the two modes side by side with
+their map agreement and a paired-bootstrap interval of their difference, says what each
+confounder costs (per-slide results grouped by confounder), and gives the machine, the timings
+and the classifier's patches/s.
 
 Exit codes: 0 done (the report says whether the targets hold), 1 a stage failed, 2 bad
 flags.
