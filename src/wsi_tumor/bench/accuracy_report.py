@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,19 +151,23 @@ def difference_intervals(
     from wsi_tumor.evaluation.slide_level import roc_auc
 
     names = sorted(tests)
-    slides = {}
+    slides, eval_fps = {}, {}
     for mode in ("exact", "dense"):
+        # the settings wsi-froc scored this mode with, so each resample is scored the same way
+        settings = _json(paths.froc(mode) / "froc.json")["settings"]
+        config = FrocConfig.build(**{f.name: settings[f.name] for f in fields(FrocConfig)})
         report = evaluate_directory(
-            paths.predictions(mode), paths.data / "masks", FrocConfig.build(), paths.data / "images"
+            paths.predictions(mode), paths.data / "masks", config, paths.data / "images"
         )
         by_name = {record.result.name: record.result for record in report.slides}
-        slides[mode] = [by_name[name] for name in names]
+        slides[mode], eval_fps[mode] = [by_name[name] for name in names], config.eval_fps
     labels = np.array([tests[name]["label"] == "tumor" for name in names])
     slide_scores = {m: np.array([scores[m]["slide_scores"][n] for n in names]) for m in slides}
     strata = [np.flatnonzero(labels), np.flatnonzero(~labels)]
 
     def froc(mode: str, drawn: np.ndarray) -> float:
-        return froc_score(*froc_curve([slides[mode][i] for i in drawn])[:2])[0]
+        curve = froc_curve([slides[mode][i] for i in drawn])
+        return froc_score(*curve[:2], eval_fps[mode])[0]
 
     def auc(mode: str, drawn: np.ndarray) -> float:
         return roc_auc(labels[drawn], slide_scores[mode][drawn])
