@@ -2,7 +2,7 @@
 
 import sys
 
-from wsi_tumor.bench.accuracy import main
+from wsi_bench.accuracy import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from wsi_tumor.bench.cli import main
+from wsi_bench.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

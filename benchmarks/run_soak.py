@@ -2,7 +2,7 @@
 
 import sys
 
-from wsi_tumor.bench.soak import main
+from wsi_bench.soak import main
 
 if __name__ == "__main__":
     sys.exit(main())

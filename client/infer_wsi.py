@@ -3,7 +3,7 @@
 
 import sys
 
-from wsi_tumor.client.cli import main
+from wsi_tumor.infer import main
 
 if __name__ == "__main__":
     sys.exit(main())

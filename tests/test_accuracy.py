@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from wsi_tumor.bench.accuracy import MODES, main
+from wsi_bench.accuracy import MODES, main
 from wsi_tumor.data.hard import CONFOUNDERS
 
 

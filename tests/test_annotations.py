@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.draw import polygon as draw_polygon
 
-from wsi_tumor.data.annotations import (
+from wsi_tumor.annotations.formats import (
     Polygon,
     read_annotations,
     read_asap_xml,
@@ -16,7 +16,7 @@ from wsi_tumor.data.annotations import (
     write_asap_xml,
     write_ncrf_json,
 )
-from wsi_tumor.data.polygons import contains, rasterize
+from wsi_tumor.annotations.polygons import contains, rasterize
 from wsi_tumor.errors import AnnotationError
 
 # A CAMELYON16-style file: two tumour groups, an exclusion hole, float coordinates,

@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsi_tumor.bench import BenchError
-from wsi_tumor.bench.report import (
+from wsi_bench import BenchError
+from wsi_bench.report import (
     Target,
     check_agreement,
     evaluate_targets,
     render_chart,
     render_markdown,
 )
-from wsi_tumor.bench.resources import TreeSampler, tree_cpu_s, tree_rss_mib
-from wsi_tumor.bench.ways import statistics_delta
+from wsi_bench.resources import TreeSampler, tree_cpu_s, tree_rss_mib
+from wsi_bench.ways import statistics_delta
 
 
 def _maps(shift: float) -> dict[str, np.ndarray]:
@@ -198,7 +198,7 @@ def test_tree_sampler_sees_this_process() -> None:
 @pytest.mark.slow
 @pytest.mark.triton
 def test_tiny_end_to_end_run(tmp_path: Path) -> None:
-    from wsi_tumor.bench.cli import main
+    from wsi_bench.cli import main
 
     out = tmp_path / "results"
     argv = ["--out", str(out), "--size", "2048", "--regions", "1", "--dense-regions", "1",

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from wsi_tumor import contract
-from wsi_tumor.client import cli
+from wsi_tumor import infer as cli
 from wsi_tumor.client.config import InferConfig
 from wsi_tumor.client.endpoints import Endpoint
 from wsi_tumor.client.outputs import SlideOutputs
@@ -212,7 +212,7 @@ def test_interrupted_overwrite_leaves_no_complete_looking_outputs(
 # --- client-side patches to tumor_classifier (the benchmark's way c) ---------------------------
 def test_patch_endpoint_gives_the_ensembles_map(cohort_run, slides, server, tmp_path) -> None:
     """The client tiles, sends FP32 patches to the bare classifier and gets the same map."""
-    from wsi_tumor.bench import patch_client
+    from wsi_bench import patch_client
 
     _, ensemble_out = cohort_run
     argv = [str(slides["good"]), "--out", str(tmp_path), "--url", server.grpc_url, "--quiet"]

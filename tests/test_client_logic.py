@@ -12,7 +12,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from wsi_tumor import contract
-from wsi_tumor.client import cli
+from wsi_tumor import infer as cli
 from wsi_tumor.client.config import InferConfig, build_parser, config_from_args
 from wsi_tumor.client.endpoints import endpoint_for_mode
 from wsi_tumor.client.heatmap import heatmap_size, render_overlay

@@ -1,4 +1,4 @@
-"""The GPU probe (benchmarks/gpu_probe.py over wsi_tumor.gpu_probe, issue 17): its tiny CPU
+"""The GPU probe (benchmarks/gpu_probe.py over wsi_bench.gpu_probe, issue 17): its tiny CPU
 mode, so the script that runs on a lent GPU cannot rot between loans, and the pieces its
 verdicts rest on."""
 
@@ -19,7 +19,7 @@ import pytest
 import torch
 from torchvision.io import encode_jpeg
 
-from wsi_tumor.gpu_probe import (
+from wsi_bench.gpu_probe import (
     ProbeError,
     budget,
     checks,
@@ -292,12 +292,12 @@ def test_script_runs_from_the_repository_root_without_an_install() -> None:
 @pytest.mark.slow  # a fresh interpreter imports torch
 def test_the_package_imports_only_what_the_gpu_image_has() -> None:
     """The lent image has torch, torchvision, numpy and tifffile and nothing else of ours, and
-    ``import wsi_tumor.gpu_probe`` (and its CLI module) must not pull in torch."""
+    ``import wsi_bench.gpu_probe`` (and its CLI module) must not pull in torch."""
     code = (
         "import sys\n"
-        "import wsi_tumor.gpu_probe.cli\n"
+        "import wsi_bench.gpu_probe.cli\n"
         "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))\n"
-        "import wsi_tumor.gpu_probe.runner\n"
+        "import wsi_bench.gpu_probe.runner\n"
         "banned = ('tritonclient', 'cucim', 'onnxruntime', 'onnx', 'skimage', 'scipy',\n"
         "          'openslide', 'tiffslide', 'matplotlib', 'yaml', 'grpc')\n"
         "print(sorted(m for m in banned if m in sys.modules))\n"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tifffile
 
+from wsi_tumor.annotations.formats import read_asap_xml
 from wsi_tumor.data import layout
-from wsi_tumor.data.annotations import read_asap_xml
 from wsi_tumor.data.hard import SMALL, HardConfig, generate_hard, write_hard_slide
 from wsi_tumor.data.hard.config import TEST_BUDGET, TRAIN_BUDGET
 from wsi_tumor.data.hard.confounders import CONFOUNDERS, plan_confounders

@@ -208,7 +208,7 @@ def test_wsi_infer_on_a_cohort_of_real_files(
 ) -> None:
     """SVS (JPEG, JPEG 2000), NDPI (fluorescence), DICOM folder and OME-TIFF, plus a file that
     is not a slide: the good ones complete, the others fail alone with one line each."""
-    from wsi_tumor.client import cli
+    from wsi_tumor import infer as cli
 
     server = triton_server_factory(exported_repository.repository)
     cohort = tmp_path / "cohort"

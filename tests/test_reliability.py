@@ -39,7 +39,7 @@ def _variants(text: str, seed: int, count: int = 60) -> list[str]:
 
 
 def _polygons_text(tmp_path: Path, suffix: str) -> str:
-    from wsi_tumor.data.annotations import Polygon, write_asap_xml, write_ncrf_json
+    from wsi_tumor.annotations.formats import Polygon, write_asap_xml, write_ncrf_json
 
     square = np.array([[100.0, 100.0], [900.5, 120.0], [880.0, 950.0], [90.0, 870.25]])
     polygons = [Polygon("Annotation 0", "_0", square), Polygon("Annotation 1", "_2", square / 3)]
@@ -50,7 +50,7 @@ def _polygons_text(tmp_path: Path, suffix: str) -> str:
 
 @pytest.mark.parametrize("suffix", [".xml", ".json"])
 def test_fuzzed_annotations_give_typed_errors_naming_the_file(tmp_path: Path, suffix: str) -> None:
-    from wsi_tumor.data.annotations import read_annotations
+    from wsi_tumor.annotations.formats import read_annotations
 
     failures = 0
     for index, text in enumerate(_variants(_polygons_text(tmp_path, suffix), seed=len(suffix))):
@@ -137,7 +137,7 @@ def server(triton_server_factory, exported_repository):
 @pytest.mark.triton
 @pytest.mark.slow
 def test_damaged_tiles_are_left_out_and_recorded(reliability_slides, server, tmp_path) -> None:
-    from wsi_tumor.client import cli
+    from wsi_tumor import infer as cli
 
     cohort = tmp_path / "in"
     cohort.mkdir()
@@ -164,7 +164,7 @@ def test_damaged_tiles_are_left_out_and_recorded(reliability_slides, server, tmp
 def test_outputs_cut_short_are_found_and_the_slide_recomputed(
     reliability_slides, server, tmp_path
 ) -> None:
-    from wsi_tumor.client import cli
+    from wsi_tumor import infer as cli
 
     argv = [str(reliability_slides["small"]), "--out", str(tmp_path), "--url", server.grpc_url]
     assert cli.main([*argv, "--quiet"]) == 0

@@ -281,7 +281,7 @@ def test_classifier_dynamic_batching_splits_outputs(server, exported_repository)
 @pytest.mark.slow
 @pytest.mark.triton
 def test_perf_analyzer_measures_every_model(server, tmp_path: Path) -> None:
-    from wsi_tumor.bench.perf_analyzer import detector_requests, run_perf_analyzer, write_input_data
+    from wsi_bench.perf_analyzer import detector_requests, run_perf_analyzer, write_input_data
 
     common = {"request_count": 4}
     classifier = run_perf_analyzer(
@@ -412,7 +412,7 @@ def test_dense_bad_requests_get_invalid_arg_while_good_ones_are_answered(
 
 
 def test_wire_bytes_per_patch_for_k8_regions() -> None:
-    from wsi_tumor.bench.perf_analyzer import wire_bytes_per_patch
+    from wsi_bench.perf_analyzer import wire_bytes_per_patch
 
     wire = wire_bytes_per_patch(8, tissue_fraction=1.0)
     assert wire["region_uint8"] == (672 * 672 * 3 + 64) / 64

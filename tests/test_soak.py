@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsi_tumor import contract
-from wsi_tumor.bench.soak_report import growth, percentiles, plan_windows, verdict
-from wsi_tumor.bench.soak_requests import (
+from wsi_bench.soak_report import growth, percentiles, plan_windows, verdict
+from wsi_bench.soak_requests import (
     CLASSIFIER,
     DENSE,
     ENSEMBLE,
@@ -20,6 +19,7 @@ from wsi_tumor.bench.soak_requests import (
     SoakRequest,
     good_requests,
 )
+from wsi_tumor import contract
 from wsi_tumor.errors import RequestError
 from wsi_tumor.serving.limits import DENSE_MAX_REGIONS, MAX_PATCHES_PER_REQUEST
 from wsi_tumor.serving.tiling import validate_regions, validate_request
@@ -181,7 +181,7 @@ def test_good_requests_are_valid_and_fixed_by_the_seed() -> None:
 @pytest.mark.slow
 @pytest.mark.triton
 def test_tiny_soak_against_the_real_server(tmp_path: Path, exported_repository) -> None:
-    from wsi_tumor.bench.soak import main
+    from wsi_bench.soak import main
 
     out = tmp_path / "out"
     # Growth over a 30 s run measures start-up, not a leak: the limit is lifted here and

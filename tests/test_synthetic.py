@@ -11,10 +11,10 @@ import tifffile
 from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 
+from wsi_tumor.annotations.formats import read_annotations, read_asap_xml
+from wsi_tumor.annotations.polygons import contains, rasterize
 from wsi_tumor.data import layout
-from wsi_tumor.data.annotations import read_annotations, read_asap_xml
 from wsi_tumor.data.cli import main
-from wsi_tumor.data.polygons import contains, rasterize
 from wsi_tumor.data.synthetic import SlideSpec, SynthConfig, generate, write_slide, write_slides
 from wsi_tumor.data.tiff_writer import downsample2, pyramid_dimensions
 from wsi_tumor.errors import ConfigError

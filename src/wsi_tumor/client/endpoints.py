@@ -12,7 +12,7 @@ an answer back into k x k grids. Two endpoints ship with the client:
 
 Both take UINT8 ``regions`` [N, H, W, 3] + BOOL ``cell_mask`` [N, k, k] and answer FP32
 ``probability_grid`` [N, k, k]. The benchmark adds a third (client-cut FP32 patches sent to
-the bare classifier) in :mod:`wsi_tumor.bench.patch_client`.
+the bare classifier) in :mod:`wsi_bench.patch_client`.
 """
 
 from __future__ import annotations

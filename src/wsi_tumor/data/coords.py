@@ -18,11 +18,11 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from wsi_tumor.annotations.formats import Polygon
+from wsi_tumor.annotations.polygons import contains
 from wsi_tumor.contract import TRAIN_REGION
 from wsi_tumor.data import layout
-from wsi_tumor.data.annotations import Polygon
 from wsi_tumor.data.geometry import PLAN_DOWNSAMPLE
-from wsi_tumor.data.polygons import contains
 from wsi_tumor.fileio import write_text
 
 TUMOR_EDGE_PX = 48

@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from wsi_tumor.data.annotations import Polygon
-from wsi_tumor.data.polygons import fill_polygons, rasterize
+from wsi_tumor.annotations.formats import Polygon
+from wsi_tumor.annotations.polygons import fill_polygons, rasterize
 
 PLAN_DOWNSAMPLE = 16
 """Downsample of the planning rasters (also used to sample patch centres)."""

@@ -24,11 +24,11 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
+from wsi_tumor.annotations.formats import write_asap_xml, write_ncrf_json
+from wsi_tumor.annotations.polygons import fill_polygons, rasterize_region
 from wsi_tumor.data import layout
-from wsi_tumor.data.annotations import write_asap_xml, write_ncrf_json
 from wsi_tumor.data.coords import PlannedSlide, sample_slide_coords, write_coords
 from wsi_tumor.data.geometry import SlideGeometry, plan_geometry
-from wsi_tumor.data.polygons import fill_polygons, rasterize_region
 from wsi_tumor.data.texture import TextureKind, random_stain, render_texture
 from wsi_tumor.data.tiff_writer import PyramidSpec, write_pyramid
 from wsi_tumor.errors import ConfigError

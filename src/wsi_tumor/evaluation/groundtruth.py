@@ -161,8 +161,8 @@ def load_tumour_mask(
             f"{gt.path}: XML ground truth needs the slide's level-0 size; pass --images DIR "
             f"holding {gt.slide}.tif (tried {', '.join(SLIDE_SUFFIXES)})"
         )
-    from wsi_tumor.data.annotations import read_asap_xml
-    from wsi_tumor.data.polygons import rasterize
+    from wsi_tumor.annotations.formats import read_asap_xml
+    from wsi_tumor.annotations.polygons import rasterize
 
     try:
         polygons = read_asap_xml(gt.path)

@@ -232,8 +232,8 @@ def label_centres(
     ``scales`` gives each slide's level-0 pixels per training pixel (default 1: the cells
     are 256 level-0 pixels apart, as on CAMELYON16).
     """
-    from wsi_tumor.data.annotations import Polygon, read_annotations
-    from wsi_tumor.data.polygons import contains
+    from wsi_tumor.annotations.formats import Polygon, read_annotations
+    from wsi_tumor.annotations.polygons import contains
 
     polygons_by_slide: dict[str, list[Polygon]] = {}
     rows = []

@@ -90,8 +90,8 @@ def evaluation_agrees(vertices: Vertices, lesion_class: LesionClass, mpp: float)
     The polygon is rasterised at level 5 at each of :data:`CHECK_ANGLES`, grown by 75 um
     and labelled as :mod:`wsi_tumor.evaluation.masks` does.
     """
-    from wsi_tumor.data.annotations import Polygon
-    from wsi_tumor.data.polygons import rasterize
+    from wsi_tumor.annotations.formats import Polygon
+    from wsi_tumor.annotations.polygons import rasterize
     from wsi_tumor.evaluation.masks import evaluation_mask, itc_labels
 
     level, scale = 5, 32.0

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from wsi_tumor.annotations.polygons import fill_polygons, rasterize_region
 from wsi_tumor.data.hard.confounders import INKS, Confounder, ConfounderKind
 from wsi_tumor.data.hard.plan import TissuePlan
 from wsi_tumor.data.hard.textures import (
@@ -23,7 +24,6 @@ from wsi_tumor.data.hard.textures import (
     germinal_centre_texture,
     tumour_texture,
 )
-from wsi_tumor.data.polygons import fill_polygons, rasterize_region
 from wsi_tumor.data.texture import Stain, render_texture, smooth_noise
 
 TEXTURE_SIDE = 1024

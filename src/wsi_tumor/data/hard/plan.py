@@ -21,8 +21,9 @@ from functools import partial
 import numpy as np
 import numpy.typing as npt
 
+from wsi_tumor.annotations.formats import Polygon
+from wsi_tumor.annotations.polygons import fill_polygons
 from wsi_tumor.data import geometry
-from wsi_tumor.data.annotations import Polygon
 from wsi_tumor.data.geometry import PLAN_DOWNSAMPLE
 from wsi_tumor.data.hard.rasters import (
     Raster,
@@ -34,7 +35,6 @@ from wsi_tumor.data.hard.rasters import (
     shrink,
 )
 from wsi_tumor.data.hard.shapes import LesionClass, LesionShape, feret_px, rotate
-from wsi_tumor.data.polygons import fill_polygons
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import numpy.typing as npt
 from scipy import ndimage, signal
 from skimage.measure import approximate_polygon, find_contours
 
+from wsi_tumor.annotations.polygons import fill_polygons
 from wsi_tumor.data.geometry import PLAN_DOWNSAMPLE
-from wsi_tumor.data.polygons import fill_polygons
 
 Vertices = npt.NDArray[np.float64]
 Raster = npt.NDArray[np.bool_]

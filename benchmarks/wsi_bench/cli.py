@@ -1,0 +1,369 @@
+"""``make bench``: perf_analyzer sweep and one slide four ways, written as a report.
+
+Three phases: :func:`prepare` (a synthetic slide, a seeded or given checkpoint exported to
+a ``python-onnxruntime`` repository), :func:`measure` (the real ``tritonserver`` on it:
+perf_analyzer over ``tumor_classifier``, ``tumor_detector`` and ``tumor_detector_dense``,
+then (a) the MONAI PyTorch baseline, (b) ``wsi-infer --mode exact``, (c) client-cut patches
+and (d) ``wsi-infer --mode dense``) and :func:`report` (the exact ways' maps must agree
+within 1e-4, the dense map's agreement is measured; results.json, report.md and
+throughput.png).
+
+Exit codes: 0 done (targets may be missed: see the report), 1 the exact maps disagree or a
+step failed, 2 bad flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from wsi_bench import BenchError
+from wsi_tumor import contract
+from wsi_tumor.commandline import EXIT_OK, make_parser, run_command
+from wsi_tumor.fileio import parse_int_list, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+CHART_NAME = "throughput.png"
+EXACT_WAYS = ("a", "b", "c")
+"""Ways that compute MONAI's exact map (they must agree within the tolerance)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags of the benchmark."""
+    parser = make_parser("run_benchmarks", __doc__)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--size", type=int, default=4096, help="synthetic slide side (px)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="default: torch.manual_seed(0) weights"
+    )
+    parser.add_argument("--workdir", type=Path, default=None, help="keep work files here")
+    parser.add_argument(
+        "--regions", type=parse_int_list, default=[1, 4], help="exact regions/request"
+    )
+    parser.add_argument(
+        "--dense-regions", type=parse_int_list, default=[1, 4], help="dense regions/request"
+    )
+    parser.add_argument("--concurrency", type=parse_int_list, default=[1, 2])
+    parser.add_argument("--measurement-ms", type=int, default=4000)
+    parser.add_argument("--window-patches", type=int, default=320)
+    parser.add_argument(
+        "--request-count", type=int, default=None, help="fixed perf requests (quick runs)"
+    )
+    parser.add_argument("--readers", type=int, default=2, help="client reader threads")
+    parser.add_argument("--inflight", type=int, default=4, help="client requests in flight")
+    parser.add_argument(
+        "--dense-inflight",
+        type=int,
+        default=2,
+        help="dense-mode requests in flight: a queue of large regions slows the co-located "
+        "CPU server's compute (bench slide: 5.2 s at 2 vs 6.5 s at 4)",
+    )
+    parser.add_argument("--baseline-batch", type=int, default=32)
+    parser.add_argument("--baseline-workers", type=int, default=1)
+    parser.add_argument("--skip-perf", action="store_true", help="only the end-to-end ways")
+    parser.add_argument("--notes", type=Path, default=None, help="markdown lines to append")
+    return parser
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What :func:`prepare` made: the slide, its geometry, the weights and the repository."""
+
+    slide: Path
+    checkpoint: Path
+    repository: Path
+    geometry: dict[str, Any]
+    crop: npt.NDArray[np.uint8]
+
+
+def _seeded_checkpoint(path: Path) -> Path:
+    import torch
+
+    from wsi_tumor.models import build_model
+
+    torch.manual_seed(0)
+    torch.save({"model": build_model().state_dict(), "epoch": 0, "config": {"seed": 0}}, path)
+    return path
+
+
+def synth_and_export(
+    workdir: Path, *, slides: int, size: int, seed: int, checkpoint: Path | None
+) -> tuple[list[Path], Path, Path]:
+    """Synthetic slides, a checkpoint (seeded weights unless given) and its exported
+    ``python-onnxruntime`` repository under ``workdir``.
+
+    Returns:
+        (slide paths, checkpoint, repository).
+    """
+    from wsi_tumor.data.cli import main as synth_main
+    from wsi_tumor.export.cli import ExportConfig, run_export
+
+    data = workdir / "data"
+    code = synth_main(
+        [str(data), "--train", str(slides), "--valid", "0", "--test", "0", "--size", str(size),
+         "--seed", str(seed), "--quiet"]
+    )  # fmt: skip
+    paths = sorted((data / "images").glob("*.tif"))
+    if code != 0 or not paths:
+        raise BenchError(f"wsi-synth failed ({code}) in {data}")
+    checkpoint = checkpoint or _seeded_checkpoint(workdir / "checkpoint.pt")
+    repository = workdir / "model_repository"
+    run_export(
+        ExportConfig(
+            checkpoint=checkpoint,
+            repository=repository,
+            runtime="python-onnxruntime",
+            parity_patches=8,
+        )
+    )
+    return paths, checkpoint, repository
+
+
+def prepare(args: argparse.Namespace, workdir: Path) -> Prepared:
+    """Synthetic slide, checkpoint and exported repository under ``workdir``."""
+    slides, checkpoint, repository = synth_and_export(
+        workdir, slides=1, size=args.size, seed=args.seed, checkpoint=args.checkpoint
+    )
+    geometry, crop = slide_geometry(slides[0], contract.REGION_CELLS)
+    return Prepared(slides[0], checkpoint, repository, geometry, crop)
+
+
+def slide_geometry(slide_path: Path, cells: int) -> tuple[dict[str, Any], npt.NDArray[np.uint8]]:
+    """Tissue cells, regions, mean tissue fraction of an occupied region, and a crop.
+
+    The crop is a tissue-rich level-0 square for perf_analyzer's detector requests.
+    """
+    from wsi_tumor.client.grid import plan_dense_regions, plan_regions
+    from wsi_tumor.slide import open_slide, tissue_mask
+
+    with open_slide(slide_path) as slide:
+        mask = np.asarray(tissue_mask(slide, contract.MASK_LEVEL), bool)
+        regions = plan_regions(mask, cells)
+        dense_regions = plan_dense_regions(mask)
+        width, height = slide.level_dimensions[0]
+        side = min(width, height, 2048)
+        row, col = np.argwhere(mask).mean(axis=0)
+        x = int(np.clip(col * contract.PATCH_STRIDE - side / 2, 0, width - side))
+        y = int(np.clip(row * contract.PATCH_STRIDE - side / 2, 0, height - side))
+        crop = slide.read_region((x, y), (side, side), contract.INFERENCE_LEVEL)
+    geometry = {
+        "width": width,
+        "height": height,
+        "tissue_cells": int(mask.sum()),
+        "regions": len(regions),
+        "dense_regions": len(dense_regions),
+        "tissue_fraction": round(float(mask.sum()) / (len(regions) * cells * cells), 3),
+        "dense_tissue_fraction": round(
+            float(mask.sum()) / sum(region.cells**2 for region in dense_regions), 3
+        ),
+    }
+    return geometry, np.asarray(crop, np.uint8)
+
+
+def measure(args: argparse.Namespace, prepared: Prepared, workdir: Path) -> dict[str, Any]:
+    """Run perf_analyzer and the four ways on one server; return the raw measurements."""
+    from wsi_bench.machine import describe_machine
+    from wsi_bench.resources import TreeSampler, wait_idle
+    from wsi_bench.sweep import SweepPlan, run_sweep
+    from wsi_bench.ways import run_baseline_way, run_client_way
+    from wsi_tumor.serving.local_server import LocalTritonServer
+
+    plan = SweepPlan(
+        regions=args.regions,
+        concurrency=args.concurrency,
+        dense_regions=args.dense_regions,
+        tissue_fraction=prepared.geometry["tissue_fraction"],
+        measurement_ms=args.measurement_ms,
+        window_patches=args.window_patches,
+        request_count=args.request_count,
+    )
+    log.info("slide %s: %s", prepared.slide.name, prepared.geometry)
+    server = LocalTritonServer(prepared.repository, log_path=workdir / "tritonserver.log")
+    with server, TreeSampler() as sampler:
+        if server.pid is None:
+            raise BenchError("tritonserver has no process id")
+        sampler.watch("server", server.pid)
+        machine = describe_machine(server.http_url)
+        perf = (
+            []
+            if args.skip_perf
+            else run_sweep(server.grpc_url, plan, workdir, prepared.crop, server.pid)
+        )
+        wait_idle(server.pid)
+        log.info("way (a): MONAI baseline")
+        ways = [
+            run_baseline_way(
+                prepared.slide,
+                prepared.checkpoint,
+                workdir,
+                sampler,
+                batch_size=args.baseline_batch,
+                workers=args.baseline_workers,
+                threads=os.cpu_count() or 1,
+            )
+        ]
+        for key in ("b", "c", "d"):
+            wait_idle(server.pid)
+            log.info("way (%s)", key)
+            ways.append(
+                run_client_way(
+                    key,
+                    prepared.slide,
+                    server,
+                    workdir,
+                    sampler,
+                    readers=args.readers,
+                    inflight=args.dense_inflight if key == "d" else args.inflight,
+                )
+            )
+    return {"machine": machine, "plan": plan, "perf": perf, "ways": ways}
+
+
+def report(
+    args: argparse.Namespace,
+    command: str,
+    prepared: Prepared,
+    measured: dict[str, Any],
+    started: float,
+    date: str,
+) -> BenchError | None:
+    """Check the maps, write results.json, report.md and the chart; return a failure."""
+    from wsi_bench.report import (
+        check_agreement,
+        dense_agreement,
+        evaluate_targets,
+        format_diffs,
+        render_chart,
+        render_markdown,
+    )
+    from wsi_bench.ways import load_map
+
+    ways, plan, perf = measured["ways"], measured["plan"], measured["perf"]
+    maps = {way.key: load_map(way) for way in ways}
+    failure: BenchError | None = None
+    exact = {key: maps[key] for key in EXACT_WAYS if key in maps}
+    try:
+        agreement = check_agreement(exact)
+    except BenchError as exc:
+        failure = exc
+        agreement = {
+            f"{k1}-{k2}": float(np.max(np.abs(exact[k1] - exact[k2])))
+            for k1, k2 in (("a", "b"), ("a", "c"), ("b", "c"))
+            if exact[k1].shape == exact[k2].shape
+        }
+    print(f"exact maps: max |diff| {format_diffs(agreement)}")
+    dense = dense_agreement(maps["b"], maps["d"], {w.key: w for w in ways})
+    print(f"dense vs exact: {dense}")
+    perf_rows = [
+        {**asdict(r), "patches_per_request": round(r.patches_per_s / r.inferences_per_s
+         * (r.batch_size or 1)) if r.inferences_per_s else float(r.batch_size)}
+        for r in perf
+    ]  # fmt: skip
+    k, dense_k = contract.REGION_CELLS, contract.DENSE_REGION_CELLS
+    results: dict[str, Any] = {
+        "date": date,
+        "command": command,
+        "machine": measured["machine"],
+        "slide": {
+            **prepared.geometry,
+            "description": (
+                f"synthetic {prepared.geometry['width']} x {prepared.geometry['height']} px "
+                f"slide, seed {args.seed}: {prepared.geometry['tissue_cells']} tissue cells in "
+                f"{prepared.geometry['regions']} regions of {k} x {k} "
+                f"({prepared.geometry['dense_regions']} dense regions of k <= {dense_k})"
+            ),
+        },
+        "setup": _setup_lines(args, measured["machine"], plan),
+        "models": {
+            "classifier": contract.CLASSIFIER_MODEL,
+            "detector": contract.ENSEMBLE_MODEL,
+            "dense": contract.DENSE_MODEL,
+        },
+        "perf": perf_rows,
+        "client_batch": float(plan.patches_per_request(max(args.regions, default=1))),
+        "ways": [way.to_json() for way in ways],
+        "agreement": agreement,
+        "dense_agreement": dense,
+        "notes": args.notes.read_text().splitlines() if args.notes else [],
+    }
+    results["duration_s"] = round(time.perf_counter() - started, 1)
+    targets = evaluate_targets(results)
+    results["targets"] = [{**asdict(t), "passed": t.passed, "verdict": t.verdict} for t in targets]
+    render_chart(results, args.out / CHART_NAME)
+    write_json(args.out / "results.json", results)
+    write_text(args.out / "report.md", render_markdown(results, targets, CHART_NAME))
+    for t in targets:
+        print(f"{t.verdict:14} {t.measured:6.2f} (>= {t.threshold}) {t.name}")
+    print(f"report: {args.out / 'report.md'} ({results['duration_s']:.0f} s)")
+    return failure
+
+
+def _setup_lines(args: argparse.Namespace, machine: dict[str, Any], plan: Any) -> list[str]:
+    k, dense_k = plan.cells, plan.dense_cells
+    return [
+        "model: ResNet18-FCN, "
+        f"{'seeded random-init weights' if args.checkpoint is None else args.checkpoint}, "
+        "exported to ONNX twice (the patch classifier and the dense whole-region graph); the "
+        "server runs both in the Python backend with ONNX Runtime "
+        "(`wsi-export --runtime python-onnxruntime`)",
+        f"server: real tritonserver {machine['versions']['tritonserver']} started by "
+        "LocalTritonServer, gRPC on localhost, same server for every measurement",
+        f"perf_analyzer: exact requests are n regions of k = {k} with {plan.true_cells()} of "
+        f"{k * k} cells true (the slide's mean tissue fraction {plan.tissue_fraction:.2f}); the "
+        f"classifier runs at the same n x {plan.true_cells()} patches per request; the dense "
+        f"model gets regions of k = {dense_k} with {plan.true_cells(dense_k)} true cells, "
+        f"batched by -b; count windows of >= {plan.window_patches} patches and >= "
+        f"{plan.measurement_ms} ms, stability {plan.stability_percent} %",
+        f"client: {args.readers} reader threads, {args.inflight} requests in flight "
+        f"({args.dense_inflight} in dense mode, whose regions are up to 16x larger: a deeper "
+        "queue of them slows the server's compute on this shared CPU), the most regions per "
+        "request each model takes",
+    ]
+
+
+def run(args: argparse.Namespace, command: str) -> int:
+    """The whole benchmark; returns the exit code."""
+    started = time.perf_counter()
+    date = datetime.now(UTC).isoformat(timespec="seconds")
+    with tempfile.TemporaryDirectory(prefix="wsi-bench-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        prepared = prepare(args, workdir)
+        measured = measure(args, prepared, workdir)
+        failure = report(args, command, prepared, measured, started, date)
+    if failure is not None:
+        raise failure
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 0 on success, 1 on failure (maps disagree, a step failed)."""
+    # SIGTERM unwinds like an error, so the server and its stubs are stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    shown = list(sys.argv[1:] if argv is None else argv)
+    command = "make bench" if not shown else "benchmarks/run_benchmarks.py " + shlex.join(shown)
+    for name in ("wsi_tumor.export",):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return run_command(
+        "run_benchmarks",
+        build_parser(),
+        lambda args: run(args, command),
+        argv,
+        log_format="%(asctime)s %(name)s: %(message)s",
+    )
