@@ -369,6 +369,21 @@ def test_tile_service_bounds_workers_and_cache(tmp_path) -> None:
     assert cache.size == 8 and cache.get(0) is None and cache.get(4) == b"abcd"
 
 
+def test_cli_refuses_what_is_not_a_cohort_and_tells_loopback_apart(tmp_path, capsys) -> None:
+    from wsi_tumor.viewer.cli import is_loopback, main
+
+    assert main([str(tmp_path)]) == 2
+    assert "not a wsi-infer output directory" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing")]) == 2
+    assert [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "10.1.2.3")] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
 # --- in a real browser ------------------------------------------------------------------------
 def chromium() -> tuple[str, str] | None:
     """(browser, chromedriver) of the system Chromium, or None."""

@@ -215,6 +215,10 @@ async def cohort_page(request: Request) -> Response:
     return FileResponse(STATIC / "cohort.html")
 
 
+async def no_icon(request: Request) -> Response:
+    return Response(status_code=204)
+
+
 async def slide_page(request: Request) -> Response:
     _viewer(request).entry_or_404(request)
     return FileResponse(STATIC / "slide.html")
@@ -319,6 +323,7 @@ def create_app(viewer: Viewer, *, loopback_only: bool = True) -> Starlette:
     app = Starlette(
         routes=[
             Route("/", cohort_page),
+            Route("/favicon.ico", no_icon),
             Route("/api/cohort", api_cohort),
             Route("/api/slides/{name}", api_slide),
             Route("/slides/{name}", slide_page),

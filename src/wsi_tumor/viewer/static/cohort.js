@@ -38,7 +38,11 @@ function render() {
     link.href = "/slides/" + encodeURIComponent(row.name);
     link.textContent = row.name;
     nameCell.append(link);
-    if (!row.slide_available) nameCell.append(text("span", "slide file missing", "reason"));
+    if (!row.slide_available && row.slide_problem) {
+      const note = text("span", "no slide file to show", "reason");
+      note.title = row.slide_problem;
+      nameCell.append(note);
+    }
     const statusCell = text("td", row.status, "status-" + row.status);
     if (row.reason) statusCell.append(text("span", row.reason, "reason"));
     const score = row.score === null ? null : row.score.toFixed(3) +
