@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 from starlette.applications import Starlette
@@ -125,7 +126,7 @@ class Viewer:
             "height": height,
             "levels": zoom.slide.level_count,
             "reader": zoom.slide.describe(),
-            "dzi": zoom.dzi(f"/slides/{name}/tiles/"),
+            "dzi": zoom.dzi(f"/slides/{quote(name, safe='')}/tiles/"),
         }
 
     def _layers(self, name: str, slide: dict[str, Any]) -> dict[str, Any]:
@@ -134,6 +135,7 @@ class Viewer:
         if not slide["available"] and isinstance(report.get("level0_size"), list):
             slide["width"], slide["height"] = report["level0_size"]
         outputs = self.cohort.outputs(name)
+        base = f"/slides/{quote(name, safe='')}"
         data: dict[str, Any] = {
             **entry.row(),
             "score_note": entry.score_note,
@@ -145,7 +147,7 @@ class Viewer:
             "ground_truth": self._ground_truth(name),
             "facts": {key: report[key] for key in FACT_KEYS if key in report},
             "files": [
-                {"name": path.name, "url": f"/slides/{name}/files/{path.name}"}
+                {"name": path.name, "url": f"{base}/files/{quote(path.name)}"}
                 for path in outputs.all_paths()
                 if self.cohort.output_file(name, path.name) is not None
             ],
@@ -153,7 +155,7 @@ class Viewer:
         prob_map = self.prob_map(name)
         if prob_map is not None:
             data["map"] = {
-                "url": f"/slides/{name}/overlay.png",
+                "url": f"{base}/overlay.png",
                 "rows": int(prob_map.shape[0]),
                 "cols": int(prob_map.shape[1]),
                 "max": float(prob_map.max()) if prob_map.size else 0.0,

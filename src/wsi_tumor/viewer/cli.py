@@ -1,7 +1,8 @@
 """``wsi-view``: look at a cohort's slides, maps and lesion candidates in the browser.
 
 Serves on 127.0.0.1 (another address only with ``--host``, with a warning: the viewer has
-no login) and prints the URL. Exit codes: 0 stopped, 2 bad flags or not a cohort directory.
+no login) and prints the URL. Runs until Ctrl-C (exit 130); exits with 2 at once on bad
+flags or a directory that is not a cohort.
 """
 
 from __future__ import annotations
