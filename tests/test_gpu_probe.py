@@ -271,7 +271,9 @@ def test_bad_slide_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 # --- the script and what it may import ---------------------------------------------------------
 def _python(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OUT")}
+    # the benchmarks' package is not installed: a child finds it through PYTHONPATH, as CI's does
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    env["PYTHONPATH"] = str(ROOT / "benchmarks")
     return subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
