@@ -104,6 +104,19 @@ SH
     chmod +x "$VENV/bin/tritonserver" "$VENV/bin/perf_analyzer"
 fi
 
+# jemalloc keeps the server's memory flat (docs/reliability.md); without it the server runs
+# with tuned glibc malloc, so a machine where it cannot be installed is still set up.
+say "checking jemalloc for the server (Debian's libjemalloc2)"
+if ! ls /usr/lib/*-linux-gnu/libjemalloc.so.2 >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 \
+            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2; }
+        } >/dev/null 2>&1 || echo "setup: libjemalloc2 not installed; the server uses glibc malloc, tuned" >&2
+    else
+        echo "setup: libjemalloc2 is not installed (needs root and apt); the server uses glibc malloc, tuned" >&2
+    fi
+fi
+
 say "verifying torch, torchvision and numpy<2"
 "$VENV/bin/python" - <<'PY'
 import sys
