@@ -425,7 +425,13 @@ def test_server_flags_lock_down_admin_protocols_and_model_control() -> None:
 
 def test_server_memory_has_the_local_servers_allocator_and_pool_bounds() -> None:
     """The shared server runs with wsi_tumor.serving.memory's settings (docs/reliability.md)."""
-    from wsi_tumor.serving.memory import GLIBC_TUNING, JEMALLOC_CONF, LIBRARIES, pool_settings
+    from wsi_tumor.serving.memory import (
+        GLIBC_TUNING,
+        JEMALLOC_CONF,
+        LIBRARIES,
+        largest_execution_bytes,
+        pool_settings,
+    )
 
     pool = pool_settings()
     head, command = " ".join(_server()["args"]).split("exec tritonserver")
@@ -433,7 +439,9 @@ def test_server_memory_has_the_local_servers_allocator_and_pool_bounds() -> None
         f"shm-default-byte-size={pool.default_bytes}",
         f"shm-growth-byte-size={pool.growth_bytes}",
     ]
-    assert _server_flags()["http-max-input-size"] == str(pool.default_bytes)
+    # HTTP bodies up to the largest valid request (in MiB), like gRPC's, which has no limit
+    largest = -(-max(largest_execution_bytes().values()) // 2**20) * 2**20
+    assert _server_flags()["http-max-input-size"] == str(largest)
     # no file, a pool region included, grows past the ceiling (ulimit -f counts KiB)
     assert f"ulimit -f {pool.ceiling_bytes // 1024}" in head and "trap '' XFSZ" in head
     assert f"-linux-gnu/{LIBRARIES['jemalloc']}" in head and 'LD_PRELOAD="$jemalloc"' in head

@@ -5,6 +5,7 @@ pool growing."""
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ def test_largest_executions_follow_the_contract() -> None:
     assert largest[contract.DENSE_MODEL] == 16 * (2208 * 2208 * 3 + 1024 + 4096)
     pool = pool_settings()
     assert pool.default_bytes % MIB == 0
-    assert 0 <= pool.default_bytes - max(largest.values()) - POOL_MARGIN_BYTES < MIB
+    assert 0 <= pool.default_bytes - 2 * max(largest.values()) - POOL_MARGIN_BYTES < MIB
     assert pool.ceiling_bytes == pool.default_bytes + pool.growth_bytes
     assert pool.server_args() == [
         f"--backend-config=python,shm-default-byte-size={pool.default_bytes}",
@@ -116,11 +117,12 @@ def _infer(server, model: str, *tensors: tuple[str, np.ndarray, list[int] | None
 
 @pytest.mark.slow
 @pytest.mark.triton
+@pytest.mark.timeout(1800)  # two 256-patch requests and 1.3 GB sent, on a loaded runner
 def test_requests_over_the_contract_are_refused_and_the_pool_stays(
     triton_server_factory, exported_repository
 ) -> None:
     server = triton_server_factory(exported_repository.repository)
-    before = _pool(server.pid)
+    before, pool_bytes = _pool(server.pid), pool_settings().default_bytes
     stubs = {p.pid for p in psutil.Process(server.pid).children()}
     rng = np.random.default_rng(0)
     regions, mask = contract.REGIONS_TENSOR, contract.CELL_MASK_TENSOR
@@ -130,8 +132,11 @@ def test_requests_over_the_contract_are_refused_and_the_pool_stays(
         pixels = rng.integers(0, 256, (count, 224, 224, 3), np.uint8)
         return (regions, pixels, None), (mask, np.ones((count, 1, 1), bool), None)
 
-    # the largest valid exact request (256 cells, 256 patches) fits the pool as it is
-    assert _infer(server, ensemble, *k1(256)) == "OK"
+    # the largest valid exact request (256 cells, 256 patches), twice at once, fits the pool
+    largest = [k1(256), k1(256)]
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda tensors: _infer(server, ensemble, *tensors), largest))
+    assert answers == ["OK", "OK"]
     assert _infer(server, ensemble, *k1(257)).startswith("StatusCode.INVALID_ARGUMENT")
     patches = np.zeros((257, 3, 224, 224), np.float32)
     answer = _infer(server, contract.CLASSIFIER_MODEL, (contract.PATCHES_TENSOR, patches, None))
@@ -147,9 +152,10 @@ def test_requests_over_the_contract_are_refused_and_the_pool_stays(
     answer = _infer(server, dense, (regions, small, None), (mask, np.ones((17, 3, 3), bool), None))
     assert "batch-size must be <= 16" in answer
     # too big for the pool: refused where the server copies it in; no region grows
-    side = contract.region_size(contract.DENSE_MAX_CELLS + 1)
-    big = np.zeros((16, side, side, 3), np.uint8)
-    answer = _infer(server, dense, (regions, big, None), (mask, np.ones((16, 33, 33), bool), None))
+    cells = next(k for k in range(33, 99) if 16 * 3 * contract.region_size(k) ** 2 > pool_bytes)
+    big = np.zeros((16, contract.region_size(cells), contract.region_size(cells), 3), np.uint8)
+    too_many = np.ones((16, cells, cells), bool)
+    answer = _infer(server, dense, (regions, big, None), (mask, too_many, None))
     assert "Failed to increase the shared memory pool size" in answer
     assert _pool(server.pid) == before
     assert {p.pid for p in psutil.Process(server.pid).children()} == stubs

@@ -195,6 +195,7 @@ def test_good_requests_are_valid_and_fixed_by_the_seed() -> None:
 # --- a tiny run against the real server ----------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.triton
+@pytest.mark.timeout(1800)  # a loaded 2-core runner: export, server start, 30 s + grace
 def test_tiny_soak_against_the_real_server(tmp_path: Path, exported_repository) -> None:
     from wsi_bench.soak.cli import main
 

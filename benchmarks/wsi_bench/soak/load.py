@@ -104,10 +104,9 @@ class CohortClient(threading.Thread):
             log.error("%s: the map of %s changed", self.label, path.stem)
         counts = json.loads(report.read_text()).get("counts", {})
         per_request = int(counts.get("regions_per_request") or 1)
-        sizes = [min(int(n), per_request) * region_bytes(int(k))
-                 for k, n in counts.get("regions_by_cells", {}).items()]  # fmt: skip
-        requests = counts.get("requests", 0)
-        return {"status": status, "requests": requests, "largest": max(sizes or [0])}
+        size = [min(int(n), per_request) * region_bytes(int(k))
+                for k, n in counts.get("regions_by_cells", {}).items()]  # fmt: skip
+        return {"status": status, "requests": counts.get("requests", 0), "largest": max([0, *size])}
 
 
 class PerfLoop(threading.Thread):
@@ -200,7 +199,8 @@ class RequestStream(threading.Thread):
             for request in self.requests:
                 if not self.clock.running():
                     break
-                self.record(request, *send(client, request, self.timeout_s))
+                left = self.clock.duration_s + self.clock.grace_s - self.clock.now()
+                self.record(request, *send(client, request, max(1.0, min(self.timeout_s, left))))
                 self.clock.stop.wait(self.pause_s)
         finally:
             client.close()

@@ -11,8 +11,10 @@ Two things make a Triton server's memory look like a leak (``make soak``,
 - **The Python backend's shared-memory pool.** Each Python-backend model instance has one
   region in ``/dev/shm``, allocated in full when created (its pages are resident from the
   start) and grown, never shrunk, by at least the size of any tensor that does not fit.
-  :func:`pool_settings` sizes it from the contract: the default holds the largest valid
-  execution of any model, so a valid request never grows it, and the server runs with a
+  :func:`pool_settings` sizes it from the contract: the default holds two of the largest
+  valid executions of any model (an execution's tensors are released after the answer is
+  sent, so the next one's may arrive first: a valid 4-region exact request failed under
+  load with room for one), so valid requests never grow it; and the server runs with a
   file-size limit (``RLIMIT_FSIZE``) at the ceiling, so a larger request is refused where
   the server copies it into the pool, before it reaches a stub, and the pool stays put.
 
@@ -36,9 +38,12 @@ from wsi_tumor.serving.limits import DENSE_MAX_REGIONS, MAX_PATCHES_PER_REQUEST
 log = logging.getLogger(__name__)
 
 MIB: Final = 1 << 20
-POOL_MARGIN_BYTES: Final = 4 * MIB
-"""Room in each region beyond the largest execution's tensors (the stub's message queues
-and the per-tensor bookkeeping take a few KiB)."""
+POOL_EXECUTIONS: Final = 2
+"""Largest executions one region holds at once (the next one's tensors may arrive before
+the last one's are released)."""
+POOL_MARGIN_BYTES: Final = 16 * MIB
+"""Room in each region beyond those tensors (the stub's message queues, the per-tensor
+bookkeeping, a malformed request beside them)."""
 POOL_GROWTH_BYTES: Final = MIB
 """Growth step (the Python backend's own default): only bookkeeping may ever need it."""
 
@@ -108,9 +113,10 @@ class PoolSettings:
 
 
 def pool_settings() -> PoolSettings:
-    """Pool sizes that follow from the contract's largest valid execution (rounded up to
-    MiB, plus :data:`POOL_MARGIN_BYTES`); the ceiling allows one growth step."""
-    largest = max(largest_execution_bytes().values()) + POOL_MARGIN_BYTES
+    """Pool sizes that follow from the contract: :data:`POOL_EXECUTIONS` of its largest
+    valid execution plus :data:`POOL_MARGIN_BYTES`, in MiB; the ceiling allows one growth
+    step."""
+    largest = POOL_EXECUTIONS * max(largest_execution_bytes().values()) + POOL_MARGIN_BYTES
     default = -(-largest // MIB) * MIB
     return PoolSettings(default, POOL_GROWTH_BYTES, default + POOL_GROWTH_BYTES)
 
