@@ -2,7 +2,7 @@
 
 import sys
 
-from wsi_bench.soak import main
+from wsi_bench.soak.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

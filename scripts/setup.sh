@@ -104,23 +104,34 @@ SH
     chmod +x "$VENV/bin/tritonserver" "$VENV/bin/perf_analyzer"
 fi
 
-# The viewer's browser tests drive the system Chromium (browsers cannot be downloaded at
-# run time). Installed where apt-get runs as root; never a reason for setup to fail.
-say "checking for Chromium and chromedriver (wsi-view's browser tests)"
-if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
-    :
-elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing Debian's chromium and chromium-driver with apt-get" >&2
-    apt_log="$(mktemp)"
-    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-            chromium chromium-driver; } >"$apt_log" 2>&1; then
-        tail -3 "$apt_log" >&2
-        echo "setup: could not install chromium: the browser tests will be skipped" >&2
+# Debian packages the product runs better with; never a reason for setup to fail.
+apt_install() {  # apt_install WHAT PACKAGE...: install with apt-get where it runs as root
+    local what="$1"; shift
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "setup: $* not installed (needs apt-get as root): $what" >&2
+        return 0
     fi
-    rm -f "$apt_log"
-else
-    echo "setup: no chromium/chromedriver, and no apt-get as root to install them: the" \
-        "browser tests will be skipped (install chromium and chromium-driver to run them)" >&2
+    local log; log="$(mktemp)"
+    if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" \
+            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; }
+         } >"$log" 2>&1; then
+        tail -3 "$log" >&2
+        echo "setup: could not install $*: $what" >&2
+    fi
+    rm -f "$log"
+}
+
+# The viewer's browser tests drive the system Chromium (browsers cannot be downloaded at run time).
+say "checking for Chromium and chromedriver (wsi-view's browser tests)"
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    apt_install "the browser tests will be skipped" chromium chromium-driver
+fi
+
+# jemalloc keeps the server's memory flat (docs/reliability.md); without it the server runs
+# with tuned glibc malloc.
+say "checking jemalloc for the server (Debian's libjemalloc2)"
+if ! ls /usr/lib/*-linux-gnu/libjemalloc.so.2 >/dev/null 2>&1; then
+    apt_install "the server uses glibc malloc, tuned" libjemalloc2
 fi
 
 say "verifying torch, torchvision and numpy<2"

@@ -423,6 +423,46 @@ def test_server_flags_lock_down_admin_protocols_and_model_control() -> None:
     assert "/dev/urandom" in script
 
 
+def test_server_memory_has_the_local_servers_allocator_and_pool_bounds() -> None:
+    """The shared server runs with wsi_tumor.serving.memory's settings (docs/reliability.md)."""
+    from wsi_tumor.serving.memory import (
+        GLIBC_TUNING,
+        JEMALLOC_CONF,
+        LIBRARIES,
+        largest_execution_bytes,
+        pool_settings,
+    )
+
+    pool = pool_settings()
+    head, command = " ".join(_server()["args"]).split("exec tritonserver")
+    assert re.findall(r"--backend-config=python,(\S+)", command) == [
+        f"shm-default-byte-size={pool.default_bytes}",
+        f"shm-growth-byte-size={pool.growth_bytes}",
+    ]
+    # HTTP bodies up to the largest valid request (in MiB), like gRPC's, which has no limit
+    largest = -(-max(largest_execution_bytes().values()) // 2**20) * 2**20
+    assert _server_flags()["http-max-input-size"] == str(largest)
+    # no file, a pool region included, grows past the ceiling (ulimit -f counts KiB)
+    assert f"ulimit -f {pool.ceiling_bytes // 1024}" in head and "trap '' XFSZ" in head
+    assert f"-linux-gnu/{LIBRARIES['jemalloc']}" in head and 'LD_PRELOAD="$jemalloc"' in head
+    assert f'MALLOC_CONF="{JEMALLOC_CONF}"' in head
+    assert all(f"{key}={value}" in head for key, value in GLIBC_TUNING.items())
+    # /dev/shm holds every Python-backend region at its ceiling (5 with python-onnxruntime)
+    spec = _deployment()["spec"]["template"]["spec"]
+    shm = next(m["name"] for m in _server()["volumeMounts"] if m["mountPath"] == "/dev/shm")
+    size = next(v for v in spec["volumes"] if v["name"] == shm)["emptyDir"]["sizeLimit"]
+    assert size.endswith("Gi") and int(size[:-2]) * 2**30 >= 5 * pool.ceiling_bytes
+
+
+def test_triton_release_carries_the_http_fixes_of_2_65_and_2_66() -> None:
+    """26.01 = Triton 2.65 (decompression limit), 26.02 = 2.66 (HTTP bounds checks, output
+    size guard); deploy/README.md says which release is pinned and why."""
+    (entry,) = [i for i in _docs(FLEET)[0]["images"] if i["name"].endswith("tritonserver")]
+    year, month = map(int, entry["newTag"].removesuffix("-py3").split("."))
+    assert (year, month) >= (26, 2)
+    assert entry["newTag"] in (DEPLOY / "README.md").read_text()
+
+
 def test_model_repository_is_the_read_only_models_volume() -> None:
     spec = _deployment()["spec"]["template"]["spec"]
     mounts = {m["mountPath"]: m for m in _server()["volumeMounts"]}

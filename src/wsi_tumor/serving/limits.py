@@ -2,9 +2,9 @@
 
 The ensemble ``tumor_detector`` passes every patch of one request to ``tumor_classifier`` as
 one batch, and Triton rejects a batch larger than the classifier's ``max_batch_size``. The
-tiler therefore refuses a request with more than :data:`MAX_PATCHES_PER_REQUEST` true mask
-cells (INVALID_ARG), and a client that sends at most :func:`max_regions_per_request` regions
-per request can never hit that limit, whatever its masks hold.
+tiler therefore refuses a request with more than :data:`MAX_PATCHES_PER_REQUEST` mask cells
+(N * k * k, true or not, so the request's bytes are bounded too; INVALID_ARG), and a client
+that sends at most :func:`max_regions_per_request` regions per request never hits it.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -25,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 from wsi_tumor.errors import ServerError
+from wsi_tumor.serving.memory import Allocator, PoolSettings, allocator, pool_settings
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +41,6 @@ needs them over gRPC, where it cannot send headers)."""
 ADMIN_HEADER = "wsi-admin-key"
 
 
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-"""Environment of the server and its Python-backend stubs: glibc serves every block above
-128 KiB with mmap and unmaps it on free. Without it glibc raises that threshold as large
-blocks are freed (up to 32 MiB), after which regions, patches and grids come from heaps
-that fragment and are not returned: server and stub RSS crept up under ``make soak``."""
-
-
 def shm_regions(pid: int) -> list[Path]:
     """The shared-memory files (``/dev/shm``) process ``pid`` maps: for a tritonserver, the
     Python backend's regions, one per stub. Empty where ``/proc`` cannot be read."""
@@ -55,6 +50,13 @@ def shm_regions(pid: int) -> list[Path]:
         return []
     found = {line.split(None, 5)[5].strip() for line in maps.splitlines() if "/dev/shm/" in line}
     return sorted(Path(path) for path in found if not path.endswith("(deleted)"))
+
+
+def _limit_file_size(limit: int) -> None:
+    """In the server's process before exec: no file may grow beyond ``limit`` bytes (the
+    pool's regions included); a write past it fails with EFBIG instead of killing it."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
 def find_executable(name: str, env_var: str) -> Path:
@@ -115,6 +117,11 @@ class LocalTritonServer:
     index and control, trace and log settings) restricted to requests carrying
     :attr:`admin_headers`; metrics are off unless asked for.
 
+    Its memory is bounded by :mod:`wsi_tumor.serving.memory`: it and its stubs run with
+    ``allocator`` (jemalloc when installed), and the Python backend's pool with ``pool``
+    (regions sized from the contract, none growing past the ceiling; None: Triton's
+    defaults, unbounded).
+
     Use as a context manager; ``grpc_url``/``http_url`` are ``host:port`` strings for
     tritonclient. The server's log is kept in ``log_path`` and quoted when start-up fails.
 
@@ -126,6 +133,8 @@ class LocalTritonServer:
         admin_key: Value of the ``wsi-admin-key`` header that unlocks the restricted APIs
             (:data:`RESTRICTED_PROTOCOLS`); random per server unless given.
         log_path: Where the server's stdout/stderr go (a temporary file by default).
+        allocator: ``auto``, ``jemalloc``, ``tcmalloc`` or ``glibc`` (tuned).
+        pool: The Python backend's pool sizes and ceiling.
     """
 
     repository: Path
@@ -137,6 +146,10 @@ class LocalTritonServer:
     metrics_port: int = field(default_factory=free_port)
     metrics: bool = False
     admin_key: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
+    allocator: str = "auto"
+    pool: PoolSettings | None = field(default_factory=pool_settings)
+    memory: Allocator | None = field(default=None, init=False)
+    """The allocator the running server was started with."""
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _owns_log: bool = field(default=False, init=False, repr=False)
     _shm: list[Path] = field(default_factory=list, init=False, repr=False)
@@ -201,14 +214,22 @@ class LocalTritonServer:
             f"--http-restricted-api={restricted}",
             "--strict-readiness=true",
             "--exit-on-error=true",
+            *(self.pool.server_args() if self.pool else []),
             *self.extra_args,
         ]
         env = dict(os.environ)
         # Python-backend models run under the first python3 on PATH: make it this interpreter.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        for key, value in MALLOC_ENV.items():
-            env.setdefault(key, value)
+        self.memory = allocator(self.allocator, env.get("LD_PRELOAD", ""))
+        env.update({k: v for k, v in self.memory.env.items() if k == "LD_PRELOAD" or k not in env})
+        ceiling = self.pool.ceiling_bytes if self.pool else None
         log.info("starting %s", " ".join(command))
+        log.info(
+            "allocator %s; Python-backend pool %s",
+            self.memory.name,
+            f"{self.pool.default_bytes} B per instance, ceiling {ceiling} B" if self.pool else
+            "Triton's defaults",
+        )  # fmt: skip
         with open(self.log_path, "wb") as log_file:
             self._process = subprocess.Popen(
                 command,
@@ -216,6 +237,8 @@ class LocalTritonServer:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                restore_signals=False,
+                preexec_fn=None if ceiling is None else lambda: _limit_file_size(ceiling),
             )
         self._wait_ready()
         self._shm = shm_regions(self._process.pid)

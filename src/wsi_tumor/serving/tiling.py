@@ -93,23 +93,25 @@ def validate_request(
 
     Args:
         regions: UINT8 [N, H, W, 3] with H = W = ``contract.region_size(k)``.
-        cell_mask: BOOL [N, k, k]; at least one cell true, at most ``max_patches`` true.
-        max_patches: Most true cells allowed (the classifier's ``max_batch_size``).
+        cell_mask: BOOL [N, k, k]; at least one cell true, at most ``max_patches`` cells in
+            all (N * k * k, true or not: what bounds the request's bytes, see
+            :mod:`wsi_tumor.serving.memory`).
+        max_patches: Most cells allowed (the classifier's ``max_batch_size``).
 
     Raises:
         RequestError: naming the tensor and what is wrong (dtype, rank, sizes, empty mask,
-            too many patches).
+            too many cells).
     """
     cells = validate_regions(regions, cell_mask)
     mask_name = contract.CELL_MASK_TENSOR
-    patches = int(np.count_nonzero(cell_mask))
-    if patches == 0:
+    if not np.any(cell_mask):
         raise RequestError(f"{mask_name}: no cell is true, so there is nothing to classify")
-    if patches > max_patches:
+    if cell_mask.size > max_patches:
         limit = max_regions_per_request(cells, max_patches) if cells**2 <= max_patches else 0
         raise RequestError(
-            f"{mask_name}: {patches} true cells, more than the {max_patches} patches one "
-            f"request may carry (send at most {limit} regions of k = {cells} per request)"
+            f"{mask_name}: {len(cell_mask)} regions of k = {cells} hold {cell_mask.size} "
+            f"cells, more than the {max_patches} patches one request may carry (send at "
+            f"most {limit} regions of k = {cells} per request)"
         )
     return cells
 
