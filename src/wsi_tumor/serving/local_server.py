@@ -126,6 +126,9 @@ class LocalTritonServer:
         admin_key: Value of the ``wsi-admin-key`` header that unlocks the restricted APIs
             (:data:`RESTRICTED_PROTOCOLS`); random per server unless given.
         log_path: Where the server's stdout/stderr go (a temporary file by default).
+        binary: The tritonserver to run (default: :func:`find_tritonserver`).
+        environment: Variables set for the server last (e.g. a ``PATH`` whose first
+            ``python3`` is the Python backend's environment, ``LD_LIBRARY_PATH``).
     """
 
     repository: Path
@@ -136,6 +139,8 @@ class LocalTritonServer:
     grpc_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     metrics: bool = False
+    binary: Path | None = None
+    environment: dict[str, str] = field(default_factory=dict)
     admin_key: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _owns_log: bool = field(default=False, init=False, repr=False)
@@ -180,7 +185,7 @@ class LocalTritonServer:
         repository = Path(self.repository)
         if not repository.is_dir():
             raise ServerError(f"{repository}: model repository directory does not exist")
-        binary = find_tritonserver()
+        binary = self.binary or find_tritonserver()
         if self.log_path is None:
             handle, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(handle)
@@ -208,6 +213,7 @@ class LocalTritonServer:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         for key, value in MALLOC_ENV.items():
             env.setdefault(key, value)
+        env.update(self.environment)
         log.info("starting %s", " ".join(command))
         with open(self.log_path, "wb") as log_file:
             self._process = subprocess.Popen(

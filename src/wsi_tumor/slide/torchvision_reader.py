@@ -166,6 +166,10 @@ class TorchvisionSlide(SlideReader):
                 f"reader '{self.reader_name}' is unavailable: cannot import torchvision ({exc})"
             ) from exc
 
+    def tile_table(self, level: int) -> TileTable:
+        """Where ``level``'s tiles are in the file (size, grid, offsets, byte counts)."""
+        return self._levels[level].table
+
     def tile_streams(self, level: int, indices: Sequence[int]) -> list[bytes | None]:
         """Whole JPEG streams of tiles ``indices`` of ``level`` (None: a tile with no bytes)."""
         spec = self._levels[level]
