@@ -260,10 +260,11 @@ def _groups(members: Sequence[Member]) -> list[dict[str, Any]]:
 
 
 def build(out: Path, cache: Path, python: str, preset: int) -> dict[str, Any]:
-    """Download, select, pack and describe the bundle; return the manifest.
+    """Download, select, pack and describe the bundle; return the manifest (whose ``travel``
+    says whether it fits one device command).
 
     Raises:
-        BenchError: a wheel cannot be had, or the bundle would not fit one device command.
+        BenchError: a wheel cannot be had.
     """
     specs = [PYTRITON, NUMPY, *(spec for spec, _ in CLIENT_WHEELS.values())]
     wheels = download(specs, cache, python)
@@ -290,10 +291,6 @@ def build(out: Path, cache: Path, python: str, preset: int) -> dict[str, Any]:
     }
     (out / MANIFEST_JSON).write_text(json.dumps(manifest, indent=1))
     (out / MANIFEST_MD).write_text(render_manifest(manifest))
-    if total > TRAVEL_LIMIT:
-        raise BenchError(
-            f"{out}: {total / 2**20:.1f} MiB would travel with a device command, more than 64 MiB"
-        )
     return manifest
 
 
@@ -349,6 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gpu_bundle: {exc}", file=sys.stderr)
         return 1
     print((args.out / MANIFEST_MD).read_text())
-    travel = manifest["travel"]
-    print(f"gpu_bundle: {args.out / ARCHIVE}, {travel['total'] / 2**20:.1f} MiB would travel")
+    total = manifest["travel"]["total"] / 2**20
+    print(f"gpu_bundle: {args.out / ARCHIVE}, {total:.1f} MiB would travel", file=sys.stderr)
+    if manifest["travel"]["margin"] < 0:
+        print("gpu_bundle: more than the 64 MiB one device command carries", file=sys.stderr)
+        return 1
     return 0

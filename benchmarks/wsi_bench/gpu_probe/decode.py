@@ -9,38 +9,19 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from wsi_bench.budget import left
 from wsi_bench.gpu_probe.network import sync
 from wsi_bench.gpu_probe.plan import DECODE_TOLERANCE, Json
+from wsi_bench.gpu_probe.state import Block, Context
 from wsi_bench.jpeg_slide import jpeg_page, synthetic_he, write_jpeg_tiff
 from wsi_tumor.slide import inspect_slide
 from wsi_tumor.slide.jpeg import jpeg_segments
 from wsi_tumor.slide.torchvision_reader import TorchvisionSlide, assemble_tiles, decode_tiles
 
-if TYPE_CHECKING:
-    from wsi_bench.gpu_probe.runner import Context
-
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Block:
-    """The slide's whole JPEG tile streams, row-major over a (columns, rows) grid."""
-
-    tile: tuple[int, int]
-    grid: tuple[int, int]
-    streams: list[bytes]
-    stored_bytes: int
-
-    @property
-    def megapixels(self) -> float:
-        """Decoded megapixels of the whole block."""
-        return len(self.streams) * self.tile[0] * self.tile[1] / 1e6
 
 
 def decode_block(block: Block, device: str = "cpu") -> torch.Tensor:

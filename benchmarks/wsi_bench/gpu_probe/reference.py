@@ -3,9 +3,8 @@ docs/gpu.md): comparisons, the CPU reference, the probe's head, ``reference`` an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -14,14 +13,12 @@ import torch
 from wsi_bench.gpu_probe import ProbeError
 from wsi_bench.gpu_probe.network import Networks, parse_variant, tf32
 from wsi_bench.gpu_probe.plan import TARGET_LOGIT_STD, Json
+from wsi_bench.gpu_probe.state import Context, Reference
 from wsi_tumor import contract
 from wsi_tumor.errors import CheckpointError
 from wsi_tumor.models.checkpoint import load_model
 from wsi_tumor.models.resnet_fcn import TumorResNetFCN, build_model
 from wsi_tumor.serving.tiling import tile_regions
-
-if TYPE_CHECKING:
-    from wsi_bench.gpu_probe.runner import Context
 
 
 def sigmoid(logits: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
@@ -58,17 +55,6 @@ def agreement(dense: npt.NDArray[np.floating[Any]], exact: npt.NDArray[np.floati
     return {"cells": int(diff.size), "max_abs_prob": float(diff.max()),
             "mean_abs_prob": float(diff.mean()), "pearson_prob": pearson(p_dense, p_exact),
             "pearson_logit": pearson(dense, exact)}  # fmt: skip
-
-
-@dataclass
-class Reference:
-    """The check set: the float32 CPU network (with the probe's head unless trained), UINT8
-    regions [N, S, S, 3] and their reference dense and exact logits [N, k, k]."""
-
-    model: TumorResNetFCN
-    regions: npt.NDArray[np.uint8]
-    dense: npt.NDArray[np.float32]
-    exact: npt.NDArray[np.float32]
 
 
 def load_network(checkpoint: Path | None, seed: int) -> tuple[TumorResNetFCN, Json]:

@@ -12,24 +12,15 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from wsi_bench.budget import Budget, Watchdog, run_stage
 from wsi_bench.gpu_probe import ProbeError
-from wsi_bench.gpu_probe.plan import FULL, TINY, Json, Plan
+from wsi_bench.gpu_probe.plan import FULL, TINY, Json
 
 if TYPE_CHECKING:
-    import numpy as np
-    import numpy.typing as npt
-    import torch
-
-    from wsi_bench.gpu_probe.decode import Block
-    from wsi_bench.gpu_probe.network import Networks
-    from wsi_bench.gpu_probe.reference import Reference
     from wsi_bench.gpu_probe.report import Probe
-    from wsi_bench.gpu_probe.sweep import Shape
 
 logger = logging.getLogger("wsi_bench.gpu_probe")
 STAGES = {"slide": ("decode", 0.06), "decode_cpu": ("decode", 0.08),
@@ -42,39 +33,6 @@ ESSENTIAL = ("reference", "check")
 """Stages that must have run (ok or partial) for a run to pass."""
 
 
-@dataclass
-class Context:
-    """One run's settings, record and what earlier stages produced; a stage is a function
-    ``(Context, deadline) -> note``."""
-
-    plan: Plan
-    device: torch.device
-    budget: Budget
-    probe: Probe
-    seed: int
-    checkpoint: Path | None
-    scratch: Path
-    no_compile: bool = False
-    grids: dict[str, Any] = field(default_factory=dict)
-    block: Block | None = None
-    canvas: npt.NDArray[np.uint8] | None = None
-    reference: Reference | None = None
-    nets: Networks | None = None
-    shapes: list[Shape] = field(default_factory=list)
-
-    def slide(self) -> tuple[Block, npt.NDArray[np.uint8]]:
-        """The slide stage's block and decoded canvas (RuntimeError when it produced none)."""
-        if self.block is None or self.canvas is None:
-            raise RuntimeError("the slide stage produced no tiles")
-        return self.block, self.canvas
-
-    def checked(self) -> tuple[Reference, Networks]:
-        """The reference stage's check set and networks (RuntimeError when it produced none)."""
-        if self.reference is None or self.nets is None:
-            raise RuntimeError("the reference stage produced no reference")
-        return self.reference, self.nets
-
-
 def run(args: argparse.Namespace, argv: Sequence[str], then: Callable[[], None] | None) -> Probe:
     """Every stage in order within its slice; the report is rewritten after each.
 
@@ -85,6 +43,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], then: Callable[[], None] 
 
     from wsi_bench.gpu_probe.reference import load_network
     from wsi_bench.gpu_probe.report import Probe, project_probe, write_report
+    from wsi_bench.gpu_probe.state import Context
     from wsi_bench.machine import torch_environment
 
     tiny, choice = args.quick or args.cpu_tiny, "cpu" if args.cpu_tiny else args.device

@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -17,29 +15,11 @@ from wsi_bench.budget import left
 from wsi_bench.gpu_probe.network import Forward, Networks, Variant, parse_variant, sync, tf32
 from wsi_bench.gpu_probe.plan import Json, Plan
 from wsi_bench.gpu_probe.reference import compare_logits
+from wsi_bench.gpu_probe.report import Probe
+from wsi_bench.gpu_probe.state import Context, Shape
 from wsi_tumor import contract
 
-if TYPE_CHECKING:
-    from wsi_bench.gpu_probe.report import Probe
-    from wsi_bench.gpu_probe.runner import Context
-
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Shape:
-    """One batch shape of the sweep with its device inputs and float32 baseline output."""
-
-    mode: str
-    cells: int
-    regions: int
-    inputs: list[torch.Tensor]
-    baseline: npt.NDArray[np.float32] | None = None
-
-    @property
-    def cells_per_call(self) -> int:
-        """Cells one call classifies."""
-        return self.regions * self.cells * self.cells
 
 
 def measure(

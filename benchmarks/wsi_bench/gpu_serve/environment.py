@@ -239,8 +239,9 @@ def bundle_setup(bundle: Path, work: Path, cuda: bool) -> Setup:
     with tarfile.open(archive) as tar:
         tar.extractall(unpacked, filter="data")
     stub_python = _stub_venv(work, unpacked)
-    probe = (
-        "import numpy, torch\n"
+    probe = (  # numpy 1 under the image's torch (built on numpy 2), and the adapters import
+        "import numpy, torch, wsi_tumor.serving.torch_runtime\n"
+        "assert torch.from_numpy(numpy.arange(3.0)).sum().item() == 3.0\n"
         "print(numpy.__version__, torch.__version__, torch.cuda.is_available())"
     )
     numpy_version, torch_version, stub_cuda = _run(

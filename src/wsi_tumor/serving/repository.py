@@ -51,16 +51,15 @@ NETWORK_MODELS: Final = (contract.CLASSIFIER_MODEL, contract.DENSE_MODEL)
 """Models whose weights ``wsi-export`` writes (and whose backend follows the runtime)."""
 
 _PATCH_DIMS = (contract.CHANNELS, contract.PATCH_SIZE, contract.PATCH_SIZE)
-_MODELS = "wsi_tumor.serving.triton_models"
 _ADAPTERS = {
-    contract.TILER_MODEL: f"{_MODELS}.patch_tiler",
-    contract.ASSEMBLER_MODEL: f"{_MODELS}.grid_assembler",
-    contract.CLASSIFIER_MODEL: f"{_MODELS}.tumor_classifier_onnxruntime",
-    contract.DENSE_MODEL: f"{_MODELS}.dense_detector_onnxruntime",
+    contract.TILER_MODEL: "wsi_tumor.serving.triton_models.patch_tiler",
+    contract.ASSEMBLER_MODEL: "wsi_tumor.serving.triton_models.grid_assembler",
+    contract.CLASSIFIER_MODEL: "wsi_tumor.serving.triton_models.tumor_classifier_onnxruntime",
+    contract.DENSE_MODEL: "wsi_tumor.serving.triton_models.dense_detector_onnxruntime",
 }
 _TORCH_ADAPTERS = {
-    contract.CLASSIFIER_MODEL: f"{_MODELS}.tumor_classifier_torch",
-    contract.DENSE_MODEL: f"{_MODELS}.dense_detector_torch",
+    contract.CLASSIFIER_MODEL: "wsi_tumor.serving.triton_models.tumor_classifier_torch",
+    contract.DENSE_MODEL: "wsi_tumor.serving.triton_models.dense_detector_torch",
 }
 
 
