@@ -82,7 +82,7 @@ def run(
     }
     work = Path(args.work or tempfile.mkdtemp(prefix="gpu_serve_"))
     work.mkdir(parents=True, exist_ok=True)
-    ctx = stages.Context(plan, cuda, args.bundle, work, args.checkpoint, options, record)
+    ctx = stages.Context(plan, cuda, args.bundle, work, args.checkpoint, options, budget, record)
 
     def abandon() -> None:  # the watchdog: stop the server's process group, keep the record
         record["abandoned"] = True
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None, hard_exit: bool = False) -> int:
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(format="gpu_serve %(relativeCreated)7.0f ms  %(message)s")
-    logger.setLevel(logging.INFO)
+    logging.getLogger("wsi_bench").setLevel(logging.INFO)
     on_abandon = (lambda: os._exit(1)) if hard_exit else None
     record = run(args, argv, on_abandon)
     print((args.out / REPORT_MD).read_text())

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from wsi_bench.budget import left
+from wsi_bench.budget import Budget, left
 from wsi_bench.gpu_serve import environment, runs, serve
 from wsi_bench.gpu_serve.slide import side_for, write_serve_slide
 from wsi_tumor import contract
@@ -51,6 +51,7 @@ class Context:
     work: Path
     checkpoint: Path | None
     client_options: list[str]
+    budget: Budget
     record: Json = field(default_factory=dict)
     setup: environment.Setup | None = None
     slides: dict[str, Path] = field(default_factory=dict)
@@ -114,7 +115,8 @@ def stage_export(ctx: Context, deadline: float) -> str:
     if ctx.setup is None or ctx.checkpoint is None:
         raise RuntimeError("no set-up or checkpoint")
     ctx.repository = ctx.work / "model_repository"
-    summary = serve.export(ctx.setup, ctx.checkpoint, ctx.repository, ctx.cuda, left(deadline))
+    timeout = _essential(ctx, deadline)
+    summary = serve.export(ctx.setup, ctx.checkpoint, ctx.repository, ctx.cuda, timeout)
     ctx.record["export"] = summary
     return "ok"
 
@@ -125,9 +127,15 @@ def stage_server(ctx: Context, deadline: float) -> str:
         raise RuntimeError("no repository")
     start = time.perf_counter()
     log_path = ctx.work / "tritonserver.log"
-    ctx.server = serve.start_server(ctx.setup, ctx.repository, log_path, left(deadline))
+    ctx.server = serve.start_server(ctx.setup, ctx.repository, log_path, _essential(ctx, deadline))
     ctx.record["server"] = {"start_s": time.perf_counter() - start, "log": str(log_path)}
     return "ok"
+
+
+def _essential(ctx: Context, deadline: float, minimum_s: float = 180.0) -> float:
+    """Seconds an essential step may take: its slice, but at least ``minimum_s`` while the
+    budget lasts (a slow first CUDA start must not fail the run; later stages get less)."""
+    return min(ctx.budget.remaining(), max(left(deadline), minimum_s))
 
 
 def _run_mode(
