@@ -6,8 +6,10 @@ DEMO_ARGS ?=
 ACCURACY_ARGS ?=
 SOAK_ARGS ?=
 GPU_PROBE_ARGS ?=
+GPU_BUNDLE_ARGS ?=
+GPU_SERVE_ARGS ?= --device cpu --tiny
 
-.PHONY: setup test lint demo bench accuracy soak gpu-probe clean
+.PHONY: setup test lint demo bench accuracy soak gpu-probe gpu-bundle gpu-serve-check clean
 
 setup:
 	@bash scripts/setup.sh
@@ -35,5 +37,13 @@ soak: setup
 gpu-probe: setup
 	$(PYTHON) benchmarks/gpu_probe.py $(GPU_PROBE_ARGS)
 
+# The GPU serve check (docs/gpu.md): gpu-bundle builds what a GPU machine lacks for it;
+# gpu-serve-check runs every stage here, tiny and on the CPU unless GPU_SERVE_ARGS says more.
+gpu-bundle: setup
+	$(PYTHON) benchmarks/gpu_bundle.py $(GPU_BUNDLE_ARGS)
+
+gpu-serve-check: setup
+	$(PYTHON) benchmarks/gpu_serve.py $(GPU_SERVE_ARGS)
+
 clean:
-	rm -rf $(VENV) .triton .pytest_cache .mypy_cache .ruff_cache demo_output
+	rm -rf $(VENV) .triton .gpu-bundle .gpu-bundle-cache .pytest_cache .mypy_cache .ruff_cache demo_output

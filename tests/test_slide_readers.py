@@ -264,6 +264,7 @@ def test_missing_backend_raises_reader_unavailable(
     monkeypatch.setitem(sys.modules, "cucim", None)
     monkeypatch.setitem(sys.modules, "openslide", None)
     monkeypatch.setitem(sys.modules, "tiffslide", None)
+    monkeypatch.setitem(sys.modules, "torchvision.io", None)
     with pytest.raises(ReaderUnavailableError, match=f"reader '{reader}' is unavailable"):
         open_slide(slide_file, reader)
 

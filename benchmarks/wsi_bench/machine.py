@@ -59,3 +59,31 @@ def describe_machine(http_url: str | None = None) -> dict[str, Any]:
         "versions": versions,
         "load_average": [round(v, 2) for v in os.getloadavg()],
     }
+
+
+def torch_environment(device: Any) -> dict[str, Any]:
+    """Python, torch, torchvision, numpy and tifffile versions, the CPU and, on a CUDA
+    ``device``, the GPU (what the GPU tools' reports start with)."""
+    import numpy
+    import tifffile
+    import torch
+    import torchvision
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "tifffile": tifffile.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "device_name": cpu_model(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(
+            device_name=props.name, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version()
+        )
+        env.update(sm_count=props.multi_processor_count, memory_gib=props.total_memory / 2**30)
+    return env

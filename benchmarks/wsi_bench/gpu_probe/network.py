@@ -1,10 +1,6 @@
-"""Ways of running the network: variants (precision, channels-last, CUDA graphs,
-``torch.compile``), the exact and dense passes, and per-variant copies on the device.
-
-Every forward here takes UINT8 regions [N, S, S, 3] already on the device, with
-S = ``contract.region_size(k)``, and returns FP32 logits [N, k, k]: normalisation is part of
-what is timed.
-"""
+"""Ways of running the network: variants (precision, channels-last, ``torch.compile``), the
+exact and dense passes from UINT8 regions on the device (normalisation is timed too), and
+per-variant copies on the device."""
 
 from __future__ import annotations
 
@@ -17,8 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from wsi_bench.gpu_probe import ProbeError
-from wsi_bench.gpu_probe.checks import TOLERANCE
-from wsi_bench.gpu_probe.config import Json
+from wsi_bench.gpu_probe.plan import TOLERANCE
 from wsi_tumor import contract
 from wsi_tumor.models.dense import dense_logits, normalise_nhwc
 from wsi_tumor.models.resnet_fcn import TumorResNetFCN
@@ -29,20 +24,12 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class Variant:
-    """One way of running the network.
-
-    Attributes:
-        name: e.g. "fp16-cl", "fp16-cl+graph", "fp16-cl+compile".
-        arithmetic: "fp32", "tf32", "fp16" or "bf16" (selects the tolerance).
-        channels_last: NHWC memory layout for activations and weights.
-        graph: Replay a captured CUDA graph.
-        compile_mode: torch.compile mode, or None for eager.
-    """
+    """One way of running the network, e.g. "fp16-cl" or "fp16-cl+compile:reduce-overhead":
+    its arithmetic (selects the tolerance), channels-last layout and torch.compile mode."""
 
     name: str
     arithmetic: str
     channels_last: bool
-    graph: bool = False
     compile_mode: str | None = None
 
     @property
@@ -57,23 +44,17 @@ class Variant:
 
 
 def parse_variant(name: str) -> Variant:
-    """Variant of a name: ``fp32``, ``bf16-cl``, ``fp16-cl+graph``, ``fp16-cl+compile[:mode]``.
+    """Variant of a name: ``fp32``, ``bf16-cl``, ``fp16-cl+compile[:mode]``.
 
     Raises:
         ProbeError: for an unknown arithmetic, layout or extra.
     """
     base, _, extra = name.partition("+")
     arithmetic, _, layout = base.partition("-")
-    kind, _, argument = extra.partition(":")
-    if (
-        arithmetic not in TOLERANCE
-        or layout not in ("", "cl")
-        or kind not in ("", "graph", "compile")
-        or (argument and kind != "compile")
-    ):
+    kind, _, mode = extra.partition(":")
+    if arithmetic not in TOLERANCE or layout not in ("", "cl") or kind not in ("", "compile"):
         raise ProbeError(f"unknown network variant {name!r}")
-    mode = (argument or "default") if kind == "compile" else None
-    return Variant(name, arithmetic, layout == "cl", kind == "graph", mode)
+    return Variant(name, arithmetic, layout == "cl", (mode or "default") if kind else None)
 
 
 def sync(device: torch.device) -> None:
@@ -82,24 +63,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _set_tf32(cudnn: bool, matmul: bool) -> None:
-    with warnings.catch_warnings():  # torch deprecates these flags in favour of fp32_precision
-        warnings.simplefilter("ignore")
-        torch.backends.cudnn.allow_tf32 = cudnn
-        torch.backends.cuda.matmul.allow_tf32 = matmul
-
-
 @contextlib.contextmanager
 def tf32(enabled: bool) -> Iterator[None]:
     """TF32 convolutions on (True) or off for the block (CUDA only; no effect on the CPU)."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # torch deprecates these flags in favour of fp32_precision
         warnings.simplefilter("ignore")
         before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    _set_tf32(enabled, enabled)
-    try:
-        yield
-    finally:
-        _set_tf32(*before)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def dense_forward(model: TumorResNetFCN, variant: Variant) -> Forward:
@@ -118,47 +92,20 @@ def exact_forward(model: TumorResNetFCN, variant: Variant, cells: int) -> Forwar
     size, stride = contract.PATCH_SIZE, contract.PATCH_STRIDE
 
     def forward(regions: torch.Tensor) -> torch.Tensor:
-        count = regions.shape[0]
         images = normalise_nhwc(regions).to(variant.dtype)
         windows = images.unfold(2, size, stride).unfold(3, size, stride)  # [n,3,k,k,P,P]
-        if variant.channels_last:
+        if variant.channels_last:  # an NCHW view of NHWC memory
             patches = windows.permute(0, 2, 3, 4, 5, 1).reshape(-1, size, size, 3)
-            patches = patches.permute(0, 3, 1, 2)  # NCHW view of NHWC memory
+            patches = patches.permute(0, 3, 1, 2)
         else:
             patches = windows.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, size, size)
-        return model(patches).reshape(count, cells, cells).float()
+        return model(patches).reshape(regions.shape[0], cells, cells).float()
 
     return forward
 
 
-def cuda_graph(forward: Forward, example: torch.Tensor) -> Forward:
-    """Capture ``forward`` on a static copy of ``example``; calls copy in and replay."""
-    static_in = example.clone()
-    stream = torch.cuda.Stream(device=example.device)
-    stream.wait_stream(torch.cuda.current_stream(example.device))
-    with torch.cuda.stream(stream):
-        for _ in range(2):  # cuDNN autotuning and allocations happen outside the capture
-            forward(static_in)
-    torch.cuda.current_stream(example.device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = forward(static_in)
-
-    def replay(regions: torch.Tensor) -> torch.Tensor:
-        static_in.copy_(regions)
-        graph.replay()
-        return static_out
-
-    return replay
-
-
 class Networks:
-    """Per-variant copies of the network on the device.
-
-    Args:
-        model: The float32 network on the CPU (copied, never changed).
-        device: Where the copies run.
-    """
+    """Per-(dtype, layout) copies of the float32 CPU network on ``device`` (never changed)."""
 
     def __init__(self, model: TumorResNetFCN, device: torch.device) -> None:
         self.model = model
@@ -175,18 +122,13 @@ class Networks:
             self._copies[key] = net.eval()
         return self._copies[key]
 
-    def forward(self, variant: Variant, mode: str, cells: int, example: torch.Tensor) -> Forward:
-        """The variant's forward for ``mode`` (graph-captured or compiled when it says so)."""
+    def forward(self, variant: Variant, mode: str, cells: int) -> Forward:
+        """The variant's forward for ``mode``; compiled (dynamo alone on the CPU, inductor on
+        a GPU) when the variant says so."""
         net = self.network(variant)
         fn = dense_forward(net, variant) if mode == "dense" else exact_forward(net, variant, cells)
-        if variant.compile_mode is not None:
-            backend = "eager" if self.device.type != "cuda" else "inductor"
-            options: Json = {"dynamic": False, "backend": backend}
-            if backend == "inductor":
-                options["mode"] = (
-                    None if variant.compile_mode == "default" else variant.compile_mode
-                )
-            fn = torch.compile(fn, **options)
-        if variant.graph:
-            fn = cuda_graph(fn, example)
-        return fn
+        if variant.compile_mode is None:
+            return fn
+        cuda = self.device.type == "cuda"
+        mode_ = variant.compile_mode if cuda and variant.compile_mode != "default" else None
+        return torch.compile(fn, dynamic=False, backend="inductor" if cuda else "eager", mode=mode_)

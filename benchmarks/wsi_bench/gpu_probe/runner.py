@@ -1,221 +1,154 @@
-"""One probe run: every stage in order within its slice of the budget, the report rewritten
-after each, and the watchdog that cuts a stage still running past the budget."""
+"""``python3 benchmarks/gpu_probe.py``: the command line and the run (every stage within its
+slice of the budget, the report rewritten after each, the watchdog). Exit status: 0 when every
+check passed, 1 otherwise (a failed check, a cut or failed essential stage), 2 on bad usage.
+Importing this module is cheap; torch is imported when a run starts."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import os
+import sys
 import tempfile
-import time
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import torch
-
+from wsi_bench.budget import Budget, Watchdog, run_stage
 from wsi_bench.gpu_probe import ProbeError
-from wsi_bench.gpu_probe.budget import Budget, Watchdog
-from wsi_bench.gpu_probe.config import Json, select_plan
-from wsi_bench.gpu_probe.context import Context
-from wsi_bench.gpu_probe.decode import stage_decode_cpu, stage_decode_device
-from wsi_bench.gpu_probe.pipeline import stage_pipeline, stage_tiler
-from wsi_bench.gpu_probe.projection import project_probe
-from wsi_bench.gpu_probe.reference import load_network, stage_check, stage_reference
-from wsi_bench.gpu_probe.report import Probe, environment, write_report
-from wsi_bench.gpu_probe.sweep import stage_compile, stage_graphs, stage_network
-from wsi_bench.gpu_probe.synthetic import stage_slide
-from wsi_bench.gpu_probe.tiff_jpeg import read_jpeg_tiles
+from wsi_bench.gpu_probe.plan import FULL, TINY, Json
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from wsi_bench.gpu_probe.report import Probe
 
-Stage = Callable[[Context, float], str | None]
-"""A stage: (the run's context, its monotonic deadline) -> a note ("ok", "partial: ...",
-"skipped: ...", "ok: ..."); an exception marks it failed."""
-
-STAGES: tuple[tuple[str, Stage], ...] = (
-    ("slide", stage_slide),
-    ("decode_cpu", stage_decode_cpu),
-    ("decode_device", stage_decode_device),
-    ("reference", stage_reference),
-    ("check", stage_check),
-    ("network", stage_network),
-    ("graphs", stage_graphs),
-    ("tiler", stage_tiler),
-    ("pipeline", stage_pipeline),
-    ("compile", stage_compile),
-)
-"""The stages in order (budget.STAGE_SHARES gives their shares)."""
-
+logger = logging.getLogger("wsi_bench.gpu_probe")
+STAGES = {"slide": ("decode", 0.06), "decode_cpu": ("decode", 0.08),
+          "decode_device": ("decode", 0.08), "reference": ("reference", 0.07),
+          "check": ("reference", 0.05), "network": ("sweep", 0.33),
+          "compile": ("sweep", 0.33)}  # fmt: skip
+"""The stages in run order: ``stage_<name>`` of ``wsi_bench.gpu_probe.<module>``, and its
+share of the budget left when it starts."""
 ESSENTIAL = ("reference", "check")
 """Stages that must have run (ok or partial) for a run to pass."""
 
 
-class StageRunner:
-    """Runs stages within their slices, records their status and rewrites the report.
-
-    Args:
-        ctx: The run's context (its probe is the record).
-        out: The report folder.
-        on_abandon: Called with the stage's name after the watchdog recorded it (the script
-            ends the process there).
-    """
-
-    def __init__(
-        self, ctx: Context, out: Path, on_abandon: Callable[[str], None] | None = None
-    ) -> None:
-        self.ctx = ctx
-        self.out = out
-        self.current = "?"
-        then = None if on_abandon is None else (lambda: on_abandon(self.current))
-        self.watchdog = Watchdog(ctx.budget, self._abandon, then)
-
-    def write(self) -> Json:
-        """Write the report as it stands (callers hold the watchdog's lock)."""
-        return write_report(self.ctx.probe, self.out, self.ctx.budget, self.ctx.grids)
-
-    def _abandon(self, note: str) -> None:
-        """The watchdog (under its lock): a stage is still running GRACE_S past the budget."""
-        probe, name = self.ctx.probe, self.current
-        probe.stages[name] = {
-            "status": "abandoned",
-            "seconds": 0.0,
-            "note": note,
-            "at_s": self.ctx.budget.elapsed(),
-        }
-        probe.abandoned, probe.passed = True, False
-        logger.warning("stage %s abandoned: %s", name, note)
-        for _ in range(3):  # a stage may be changing a dict while this serialises it
-            try:
-                self.write()
-                break
-            except RuntimeError:
-                time.sleep(0.05)
-
-    def run(self, name: str, fn: Stage) -> None:
-        """Run one stage with its slice of the budget; record its status, rewrite the report.
-
-        A stage may overrun its slice; the watchdog bounds the run at the budget + GRACE_S.
-        """
-        ctx, probe = self.ctx, self.ctx.probe
-        if self.watchdog.fired:
-            probe.stages.setdefault(
-                name, {"status": "skipped", "seconds": 0.0, "note": "after an abandoned stage"}
-            )
-            return
-        if ctx.budget.remaining() <= 0.5:
-            probe.stages[name] = {"status": "skipped", "seconds": 0.0, "note": "budget spent"}
-            return
-        deadline = ctx.budget.stage_deadline(name)
-        t0 = time.monotonic()
-        self.current = name
-        logger.info("stage %s (%.0f s of %.0f s left)", name, deadline - t0, ctx.budget.remaining())
-        try:
-            with torch.no_grad():
-                note = fn(ctx, deadline) or "ok"
-            head = note.split(":")[0]
-            status = head if head in ("partial", "skipped") else "ok"
-        except Exception as exc:  # recorded; later stages that need its results skip
-            status, note = "failed", f"{type(exc).__name__}: {exc}"[:800]
-            logger.warning("stage %s failed: %s\n%s", name, note, traceback.format_exc(limit=4))
-            if ctx.device.type == "cuda":
-                torch.cuda.empty_cache()
-        with self.watchdog.lock:
-            if self.watchdog.fired:
-                return
-            probe.stages[name] = {
-                "status": status,
-                "seconds": time.monotonic() - t0,
-                "note": "" if note == "ok" else note,
-            }
-            self.write()
-
-    def finish(self, passed: bool) -> Probe:
-        """Stop the watchdog, set the verdict (never a pass after an abandoned stage), write."""
-        self.watchdog.cancel()
-        with self.watchdog.lock:
-            probe = self.ctx.probe
-            probe.passed = passed and not probe.abandoned
-            self.write()
-        return probe
-
-
-def resolve_device(choice: str) -> torch.device:
-    """The device of ``--device`` ("auto": CUDA when torch sees one).
+def run(args: argparse.Namespace, argv: Sequence[str], then: Callable[[], None] | None) -> Probe:
+    """Every stage in order within its slice; the report is rewritten after each.
 
     Raises:
-        ProbeError: for "cuda" without a CUDA device.
+        ProbeError: on a bad option or checkpoint (checked before any stage runs).
     """
+    import torch
+
+    from wsi_bench.gpu_probe.reference import load_network
+    from wsi_bench.gpu_probe.report import Probe, project_probe, write_report
+    from wsi_bench.gpu_probe.state import Context
+    from wsi_bench.machine import torch_environment
+
+    tiny, choice = args.quick or args.cpu_tiny, "cpu" if args.cpu_tiny else args.device
     if choice == "cuda" and not torch.cuda.is_available():
         raise ProbeError("--device cuda: torch sees no CUDA device")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
+    device, plan = torch.device(choice), TINY if tiny else FULL
+    if args.checkpoint is not None:
+        load_network(args.checkpoint, args.seed)  # a usage error, before any stage
+    stages = {n: getattr(importlib.import_module(f"wsi_bench.gpu_probe.{m}"), f"stage_{n}")
+              for n, (m, _) in STAGES.items()}  # fmt: skip
+    environment = torch_environment(device)
+    budget = Budget(
+        args.budget_s or (15.0 if tiny else 420.0), {n: s for n, (_, s) in STAGES.items()}
+    )
+    checkpoint = str(args.checkpoint) if args.checkpoint else None
+    config = {"plan": plan.name, "device": str(device), "budget_s": budget.total_s,
+              "checkpoint": checkpoint, "seed": args.seed, "argv": list(argv)}  # fmt: skip
+    probe = Probe(config=config, environment=environment)
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    with tempfile.TemporaryDirectory(prefix="gpu_probe_") as scratch:
+        ctx = Context(plan, device, budget, probe, args.seed, args.checkpoint, Path(scratch))
+        ctx.no_compile = args.no_compile
+        current = ["?"]
+
+        def write() -> None:
+            write_report(probe, args.out, budget.elapsed(), ctx.grids)
+
+        def abandon(note: str) -> None:  # the watchdog, under its lock
+            record = {"status": "abandoned", "seconds": 0.0, "note": note, "at_s": budget.elapsed()}
+            probe.stages[current[0]] = record
+            probe.abandoned = True
+            logger.warning("stage %s abandoned: %s", current[0], note)
+            write()
+
+        watchdog = Watchdog(budget, abandon, then)
+        for name, stage in stages.items():
+            current[0], record = name, dict[str, Json]()
+            if not watchdog.fired:
+                with torch.no_grad():
+                    status = run_stage(name, stage, ctx, budget, record)
+                if status == "failed" and device.type == "cuda":
+                    torch.cuda.empty_cache()
+            with watchdog.lock:
+                if watchdog.fired:  # the abandoned stage keeps its record
+                    probe.stages.setdefault(name, {"status": "skipped", "seconds": 0.0})
+                    continue
+                probe.stages.update(record)
+                write()
+        watchdog.cancel()
+        if ctx.block is not None and ctx.reference is not None:
+            probe.projection = project_probe(probe, device.type)
+        ok = all(probe.stages.get(s, {}).get("status") in ("ok", "partial") for s in ESSENTIAL)
+        with watchdog.lock:
+            checks = bool(probe.checks) and all(c["passed"] for c in probe.checks)
+            probe.passed = ok and checks and not probe.abandoned
+            write()
+    return probe
 
 
-def run(
-    args: argparse.Namespace,
-    argv: Sequence[str],
-    on_abandon: Callable[[str], None] | None = None,
-) -> Probe:
-    """Every stage in order, each within its slice; the report is rewritten after each.
+def build_parser() -> argparse.ArgumentParser:
+    """The probe's command line."""
+    parser = argparse.ArgumentParser(
+        prog="gpu_probe",
+        description="GPU probe: decode and network throughput of both paths on one GPU.",
+    )
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument(
+        "--budget-s", type=float, default=None, help="seconds (default 420; 15 when tiny)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_probe"))
+    parser.add_argument("--quick", action="store_true", help="tiny sizes on the chosen device")
+    parser.add_argument("--cpu-tiny", action="store_true", help="tiny sizes on the CPU (tests)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default: random init")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile stage")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, hard_exit: bool = False) -> int:
+    """Run the probe and print its Markdown report; 0 when every check passed.
 
     Args:
-        args: The parsed command line (:func:`wsi_bench.gpu_probe.cli.build_parser`).
-        argv: The arguments it was parsed from (recorded in the report).
-        on_abandon: Called with the stage's name when the watchdog cuts a stage.
-
-    Raises:
-        ProbeError: on a bad option, slide or checkpoint (checked before any stage runs).
+        argv: Command-line arguments (default ``sys.argv[1:]``).
+        hard_exit: Let the watchdog end the process (as the script does).
     """
-    tiny = args.quick or args.cpu_tiny
-    device = resolve_device("cpu" if args.cpu_tiny else args.device)
-    plan = select_plan(tiny, device.type)
-    budget = Budget(args.budget_s if args.budget_s is not None else (15.0 if tiny else 420.0))
-    config = {
-        "plan": plan.name,
-        "device": str(device),
-        "budget_s": budget.total_s,
-        "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-        "slide": str(args.slide) if args.slide else None,
-        "seed": args.seed,
-        "argv": list(argv),
-    }
-    if args.slide is not None:  # bad inputs are usage errors (exit 2), not stage failures
-        if not args.slide.is_file():
-            raise ProbeError(f"{args.slide}: no such file")
-        read_jpeg_tiles(args.slide, plan.canvas)
-    if args.checkpoint is not None:
-        load_network(args.checkpoint, args.seed)
-    probe = Probe(config=config, environment=environment(device))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    with tempfile.TemporaryDirectory(prefix="gpu_probe_") as scratch:
-        grids: dict[str, Any] = {}
-        ctx = Context(
-            plan=plan,
-            device=device,
-            budget=budget,
-            probe=probe,
-            grids=grids,
-            seed=args.seed,
-            checkpoint=args.checkpoint,
-            slide_in=args.slide,
-            slide_out=args.slide_out,
-            scratch=Path(scratch),
-            no_compile=args.no_compile,
-        )
-        runner = StageRunner(ctx, args.out, on_abandon)
-        for name, fn in STAGES:
-            runner.run(name, fn)
-            if name == "slide" and ctx.tileset is None:
-                return runner.finish(False)
-            if name == "reference" and ctx.reference is None:
-                return runner.finish(False)
-        probe.projection = project_probe(probe, device.type)
-        essential = all(
-            probe.stages.get(s, {}).get("status") in ("ok", "partial") for s in ESSENTIAL
-        )
-        return runner.finish(
-            bool(essential and probe.checks and all(c["passed"] for c in probe.checks))
-        )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    from wsi_bench.gpu_probe.report import REPORT_MD
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="gpu_probe %(relativeCreated)6.0f ms  %(message)s")
+    logging.getLogger("wsi_bench").setLevel(logging.WARNING if args.quiet else logging.INFO)
+
+    def exit_now() -> None:  # the script's watchdog action: end at once, the report written
+        print(f"gpu_probe: a stage was abandoned; report in {args.out}", flush=True)
+        os._exit(1)
+
+    try:
+        probe = run(args, argv, exit_now if hard_exit else None)
+    except ProbeError as exc:
+        print(f"gpu_probe: {exc}", file=sys.stderr)
+        return 2
+    print((args.out / REPORT_MD).read_text())
+    print(f"gpu_probe: report in {args.out} (and $OUT where set)")
+    return 0 if probe.passed else 1

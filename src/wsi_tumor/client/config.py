@@ -75,7 +75,8 @@ class InferConfig:
     reader: str = option(
         "auto",
         "slide reader: auto picks per slide (cuCIM for generic TIFF and Aperio, tiffslide for "
-        "SubIFD pyramids, OpenSlide for the vendor formats), falling back when one fails",
+        "SubIFD pyramids, OpenSlide for the vendor formats), falling back when one fails, to "
+        "torchvision last (JPEG TIFFs, no codec package needed); nvjpeg: torchvision on the GPU",
         choices=READER_CHOICES,
     )
     mpp: float | None = option(

@@ -37,6 +37,7 @@ class ExportConfig:
     parity_slide: Path | None = None
     parity_patches: int = 32
     tolerance: float | None = None
+    instance_kind: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--runtime",
         default="auto",
-        choices=("auto", "onnxruntime", "tensorrt", "python-onnxruntime"),
+        choices=("auto", "onnxruntime", "tensorrt", "python-onnxruntime", "python-torch"),
         help="network runtime; auto: python-onnxruntime when the local "
-        "server has no onnxruntime backend",
+        "server has no onnxruntime backend; python-torch: PyTorch in the Python backend "
+        "(FP16 on GPU instances), for a Triton without TensorRT or onnxruntime-gpu",
+    )
+    parser.add_argument(
+        "--instance-kind",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="python-torch only: KIND_GPU or KIND_CPU instances (auto: GPU when this "
+        "machine's torch sees one)",
     )
     parser.add_argument(
         "--parity-slide",
@@ -115,6 +124,7 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
         parity_slide=args.parity_slide,
         parity_patches=args.parity_patches,
         tolerance=args.tolerance,
+        instance_kind=args.instance_kind,
     )
 
 
@@ -150,6 +160,18 @@ def run_export(config: ExportConfig) -> ExportResult:
     model = load_model(config.checkpoint)
     repository = config.repository.resolve()
     repository.mkdir(parents=True, exist_ok=True)
+    if runtime == "python-torch":  # PyTorch weights, no ONNX graph
+        from wsi_tumor.export.torch_export import export_torch, gpu_instances
+
+        done = export_torch(
+            model,
+            repository,
+            gpu_instances(config.instance_kind),
+            config.parity_slide,
+            config.parity_patches,
+            config.tolerance,
+        )  # onnx_path: model.pt; plan_max_diff: the GPU's FP16 session vs FP32
+        return ExportResult(runtime, done.weights, None, "torch", *done[1:])
     onnx_tol = (config.tolerance if config.format == "onnx" else None) or parity.FP32_TOLERANCE
     # Staged beside (not inside) the repository: Triton would take a folder in it for a model.
     with tempfile.TemporaryDirectory(prefix=".wsi-export-", dir=repository.parent) as tmp:

@@ -133,6 +133,9 @@ class LocalTritonServer:
         admin_key: Value of the ``wsi-admin-key`` header that unlocks the restricted APIs
             (:data:`RESTRICTED_PROTOCOLS`); random per server unless given.
         log_path: Where the server's stdout/stderr go (a temporary file by default).
+        binary: The tritonserver to run (default: :func:`find_tritonserver`).
+        environment: Variables set for the server last (e.g. a ``PATH`` whose first
+            ``python3`` is the Python backend's environment, ``LD_LIBRARY_PATH``).
         allocator: ``auto``, ``jemalloc``, ``tcmalloc`` or ``glibc`` (tuned).
         pool: The Python backend's pool sizes and ceiling.
     """
@@ -145,6 +148,8 @@ class LocalTritonServer:
     grpc_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     metrics: bool = False
+    binary: Path | None = None
+    environment: dict[str, str] = field(default_factory=dict)
     admin_key: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
     allocator: str = "auto"
     pool: PoolSettings | None = field(default_factory=pool_settings)
@@ -193,7 +198,7 @@ class LocalTritonServer:
         repository = Path(self.repository)
         if not repository.is_dir():
             raise ServerError(f"{repository}: model repository directory does not exist")
-        binary = find_tritonserver()
+        binary = self.binary or find_tritonserver()
         if self.log_path is None:
             handle, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(handle)
@@ -222,6 +227,7 @@ class LocalTritonServer:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         self.memory = allocator(self.allocator, env.get("LD_PRELOAD", ""))
         env.update({k: v for k, v in self.memory.env.items() if k == "LD_PRELOAD" or k not in env})
+        env.update(self.environment)
         ceiling = self.pool.ceiling_bytes if self.pool else None
         log.info("starting %s", " ".join(command))
         log.info(

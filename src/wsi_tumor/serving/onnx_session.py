@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -71,8 +71,17 @@ Inputs = dict[str, npt.NDArray[np.generic]]
 """One request's input tensors by name (batch first)."""
 
 
+class Session(Protocol):
+    """What :func:`run_batched` calls: an ONNX Runtime session, or a
+    :class:`wsi_tumor.serving.torch_runtime.TorchSession`."""
+
+    def run(self, output_names: Any, input_feed: Any, /) -> Sequence[Any]:
+        """The requested outputs for the named inputs."""
+        ...
+
+
 def run_batched(
-    session: onnxruntime.InferenceSession,
+    session: Session,
     requests: Sequence[Inputs | RequestError],
     output: str,
 ) -> list[npt.NDArray[np.float32] | RequestError]:
@@ -83,7 +92,7 @@ def run_batched(
     alone while the others are computed.
 
     Args:
-        session: From :func:`build_session`.
+        session: From :func:`build_session` (or a torch session).
         requests: Per request, its validated inputs or the RequestError it earned.
         output: The output tensor to fetch.
 

@@ -1,14 +1,14 @@
 """Render and write the Triton model repository from the contract (never hand-copied).
 
 Five models. The exact mode's ensemble ``tumor_detector`` chains ``patch_tiler`` (Python,
-non-batching) -> ``tumor_classifier`` (onnxruntime, tensorrt or a Python backend running
-ONNX Runtime; dynamic batching) -> ``grid_assembler`` (Python). The dense mode's
+non-batching) -> ``tumor_classifier`` (onnxruntime, tensorrt, or a Python backend running
+ONNX Runtime or PyTorch; dynamic batching) -> ``grid_assembler`` (Python). The dense mode's
 ``tumor_detector_dense`` is one network (the fully convolutional pass over whole regions,
 normalisation inside the graph) with the ensemble's interface and dynamic batching over
 regions. Configs are built as ``model_config_pb2.ModelConfig`` messages and printed with
 protobuf's ``text_format``, so they are valid by construction. The committed
 ``model_repository/`` is :func:`render_repository` with :data:`COMMITTED_RUNTIME`; weights
-(model.onnx, model.plan) are written by ``wsi-export``.
+(model.onnx, model.plan, model.pt) are written by ``wsi-export``.
 """
 
 from __future__ import annotations
@@ -29,13 +29,23 @@ from wsi_tumor.serving.limits import (
 
 log = logging.getLogger(__name__)
 
-Runtime = Literal["onnxruntime", "tensorrt", "python-onnxruntime"]
+Runtime = Literal["onnxruntime", "tensorrt", "python-onnxruntime", "python-torch"]
 RUNTIMES: Final[tuple[str, ...]] = get_args(Runtime)
 COMMITTED_RUNTIME: Final = "onnxruntime"
 """Runtime of the committed repository: the standard layout for NVIDIA's containers."""
 VERSION: Final = "1"
 ONNX_FILE: Final = "model.onnx"
 PLAN_FILE: Final = "model.plan"
+TORCH_FILE: Final = "model.pt"
+"""The ``python-torch`` runtime's weights: the network's state_dict (FP32)."""
+PYTHON_RUNTIMES: Final = ("python-onnxruntime", "python-torch")
+"""Runtimes whose networks run in the Python backend (a model.py in each version folder)."""
+TORCH_WEIGHTS_PARAMETER: Final = "weights_file"
+GPU_PRECISION_PARAMETER: Final = "gpu_precision"
+"""``python-torch``: the arithmetic of GPU instances (CPU instances run FP32)."""
+DEFAULT_GPU_PRECISION: Final = "fp16"
+TORCH_GPU_INSTANCES: Final = 2
+"""``python-torch`` GPU instances per network: one's transfers overlap the other's compute."""
 MODEL_FILE: Final = "model.py"
 NETWORK_MODELS: Final = (contract.CLASSIFIER_MODEL, contract.DENSE_MODEL)
 """Models whose weights ``wsi-export`` writes (and whose backend follows the runtime)."""
@@ -46,6 +56,10 @@ _ADAPTERS = {
     contract.ASSEMBLER_MODEL: "wsi_tumor.serving.triton_models.grid_assembler",
     contract.CLASSIFIER_MODEL: "wsi_tumor.serving.triton_models.tumor_classifier_onnxruntime",
     contract.DENSE_MODEL: "wsi_tumor.serving.triton_models.dense_detector_onnxruntime",
+}
+_TORCH_ADAPTERS = {
+    contract.CLASSIFIER_MODEL: "wsi_tumor.serving.triton_models.tumor_classifier_torch",
+    contract.DENSE_MODEL: "wsi_tumor.serving.triton_models.dense_detector_torch",
 }
 
 
@@ -65,8 +79,11 @@ def _add_tensor(field: Any, name: str, dtype: str, dims: Sequence[int]) -> None:
     field.add(name=name, data_type=getattr(_pb(), dtype), dims=list(dims))
 
 
-def _runtime_head(config: Any, runtime: str) -> None:
-    """Backend, weights file and instance group of a network model for ``runtime``."""
+def _runtime_head(config: Any, runtime: str, gpu: bool = False) -> None:
+    """Backend, weights file and instance group of a network model for ``runtime``.
+
+    ``gpu`` (``python-torch`` only) gives KIND_GPU instances; without it they are KIND_CPU.
+    """
     pb = _pb()
     if runtime not in RUNTIMES:
         raise ExportError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
@@ -76,6 +93,12 @@ def _runtime_head(config: Any, runtime: str) -> None:
     elif runtime == "tensorrt":
         config.backend, config.default_model_filename = "tensorrt", PLAN_FILE
         group.kind = pb.ModelInstanceGroup.KIND_GPU
+    elif runtime == "python-torch":
+        config.backend = "python"
+        config.parameters[TORCH_WEIGHTS_PARAMETER].string_value = TORCH_FILE
+        config.parameters[GPU_PRECISION_PARAMETER].string_value = DEFAULT_GPU_PRECISION
+        group.kind = pb.ModelInstanceGroup.KIND_GPU if gpu else pb.ModelInstanceGroup.KIND_CPU
+        group.count = TORCH_GPU_INSTANCES if gpu else 1
     else:
         config.backend = "python"
         config.parameters["onnx_file"].string_value = ONNX_FILE
@@ -86,14 +109,18 @@ def _model_mpp(config: Any) -> None:
 
 
 def render_classifier_config(
-    runtime: Runtime = COMMITTED_RUNTIME, max_batch_size: int = MAX_PATCHES_PER_REQUEST
+    runtime: Runtime = COMMITTED_RUNTIME,
+    max_batch_size: int = MAX_PATCHES_PER_REQUEST,
+    gpu: bool = False,
 ) -> str:
     """config.pbtxt of ``tumor_classifier`` for ``runtime``.
 
     Args:
         runtime: "onnxruntime" (NVIDIA's onnxruntime backend), "tensorrt" (a plan, GPU
-            instances) or "python-onnxruntime" (Python backend running model.onnx).
+            instances), "python-onnxruntime" (Python backend running model.onnx) or
+            "python-torch" (Python backend running model.pt with PyTorch).
         max_batch_size: The batch limit; a TensorRT plan's profile must reach it.
+        gpu: ``python-torch`` on GPU instances (else CPU ones).
 
     Raises:
         ExportError: on an unknown runtime or a non-positive batch size.
@@ -101,7 +128,7 @@ def render_classifier_config(
     if max_batch_size < 1:
         raise ExportError(f"tumor_classifier max_batch_size must be >= 1, got {max_batch_size}")
     config = _pb().ModelConfig(name=contract.CLASSIFIER_MODEL, max_batch_size=max_batch_size)
-    _runtime_head(config, runtime)
+    _runtime_head(config, runtime, gpu)
     _add_tensor(config.input, contract.PATCHES_TENSOR, "TYPE_FP32", _PATCH_DIMS)
     _add_tensor(config.output, contract.PROBABILITIES_TENSOR, "TYPE_FP32", [1])
     preferred = [b for b in PREFERRED_BATCH_SIZES if b <= max_batch_size] or [max_batch_size]
@@ -115,9 +142,11 @@ def render_classifier_config(
 
 
 def render_dense_config(
-    runtime: Runtime = COMMITTED_RUNTIME, max_batch_size: int = DENSE_MAX_REGIONS
+    runtime: Runtime = COMMITTED_RUNTIME, max_batch_size: int = DENSE_MAX_REGIONS, gpu: bool = False
 ) -> str:
     """config.pbtxt of ``tumor_detector_dense``: regions + cell mask -> grid, batching regions.
+
+    ``gpu``: ``python-torch`` on GPU instances (else CPU ones).
 
     Raises:
         ExportError: on an unknown runtime or a non-positive batch size.
@@ -125,7 +154,7 @@ def render_dense_config(
     if max_batch_size < 1:
         raise ExportError(f"{contract.DENSE_MODEL} max_batch_size must be >= 1")
     config = _pb().ModelConfig(name=contract.DENSE_MODEL, max_batch_size=max_batch_size)
-    _runtime_head(config, runtime)
+    _runtime_head(config, runtime, gpu)
     _add_tensor(config.input, contract.REGIONS_TENSOR, "TYPE_UINT8", [-1, -1, contract.CHANNELS])
     _add_tensor(config.input, contract.CELL_MASK_TENSOR, "TYPE_BOOL", [-1, -1])
     _add_tensor(config.output, contract.GRID_TENSOR, "TYPE_FP32", [-1, -1])
@@ -185,13 +214,14 @@ def render_ensemble_config() -> str:
     return _text(config)
 
 
-def model_source(model: str) -> str:
+def model_source(model: str, runtime: str = COMMITTED_RUNTIME) -> str:
     """The model.py Triton loads for ``model``: an entry point importing the packaged adapter.
 
     The adapter itself lives once, in ``wsi_tumor.serving.triton_models``; the repository only
     names it, so the server's Python must import wsi_tumor (see model_repository/README.md).
     """
-    adapter = _ADAPTERS[model]
+    adapter = (_TORCH_ADAPTERS if runtime == "python-torch" else _ADAPTERS).get(model)
+    adapter = adapter or _ADAPTERS[model]
     return (
         f'"""Triton Python-backend entry point of {model}.\n\nThe adapter is {adapter}.\n"""\n'
         "\n"
@@ -201,11 +231,13 @@ def model_source(model: str) -> str:
     )
 
 
-def render_repository(runtime: Runtime = COMMITTED_RUNTIME) -> dict[str, str]:
-    """Every committed file of the repository: relative path -> text."""
+def render_repository(runtime: Runtime = COMMITTED_RUNTIME, gpu: bool = False) -> dict[str, str]:
+    """Every committed file of the repository: relative path -> text (``gpu``: python-torch's
+    networks on GPU instances)."""
+    classifier = render_classifier_config(runtime, gpu=gpu)
     files = {
-        f"{contract.CLASSIFIER_MODEL}/config.pbtxt": render_classifier_config(runtime),
-        f"{contract.DENSE_MODEL}/config.pbtxt": render_dense_config(runtime),
+        f"{contract.CLASSIFIER_MODEL}/config.pbtxt": classifier,
+        f"{contract.DENSE_MODEL}/config.pbtxt": render_dense_config(runtime, gpu=gpu),
         f"{contract.TILER_MODEL}/config.pbtxt": render_tiler_config(),
         f"{contract.ASSEMBLER_MODEL}/config.pbtxt": render_assembler_config(),
         f"{contract.ENSEMBLE_MODEL}/config.pbtxt": render_ensemble_config(),
@@ -214,32 +246,34 @@ def render_repository(runtime: Runtime = COMMITTED_RUNTIME) -> dict[str, str]:
     for model in (contract.TILER_MODEL, contract.ASSEMBLER_MODEL):
         files[f"{model}/{VERSION}/{MODEL_FILE}"] = model_source(model)
     for model in NETWORK_MODELS:
-        if runtime == "python-onnxruntime":
-            files[f"{model}/{VERSION}/{MODEL_FILE}"] = model_source(model)
+        if runtime in PYTHON_RUNTIMES:
+            files[f"{model}/{VERSION}/{MODEL_FILE}"] = model_source(model, runtime)
         else:
             files[f"{model}/{VERSION}/.gitkeep"] = ""
     return files
 
 
-def write_repository(root: Path, runtime: Runtime = COMMITTED_RUNTIME) -> list[Path]:
+def write_repository(
+    root: Path, runtime: Runtime = COMMITTED_RUNTIME, gpu: bool = False
+) -> list[Path]:
     """Write the rendered files under ``root`` and drop the adapters of another runtime.
 
-    Weights (model.onnx, model.plan) are left alone: the caller writes the ones it needs.
-    A network's ``model.py`` left from ``python-onnxruntime`` is removed for the other
-    runtimes (and a ``.gitkeep`` for it), so a version folder holds no stray adapter.
+    Weights (model.onnx, model.plan, model.pt) are left alone: the caller writes the ones it
+    needs. A network's ``model.py`` left from a Python runtime is removed for the other
+    runtimes (and a ``.gitkeep`` for a Python one), so a version folder holds no stray adapter.
 
     Returns:
         The written paths.
     """
     written = []
-    for relative, text in render_repository(runtime).items():
+    for relative, text in render_repository(runtime, gpu).items():
         path = Path(root) / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         written.append(path)
     for model in NETWORK_MODELS:
         version_dir = Path(root) / model / VERSION
-        stale = version_dir / (".gitkeep" if runtime == "python-onnxruntime" else MODEL_FILE)
+        stale = version_dir / (".gitkeep" if runtime in PYTHON_RUNTIMES else MODEL_FILE)
         if stale.exists():
             log.info("removing %s (not used by runtime %s)", stale, runtime)
             stale.unlink()
@@ -264,7 +298,7 @@ def resolve_runtime(requested: str, fmt: str) -> Runtime:
         return "tensorrt"
     if requested == "tensorrt":
         raise ConfigError("--runtime tensorrt needs --format tensorrt (a plan)")
-    if requested in ("onnxruntime", "python-onnxruntime"):
+    if requested in ("onnxruntime", "python-onnxruntime", "python-torch"):
         return requested  # type: ignore[return-value]
     if requested != "auto":
         raise ConfigError(f"unknown runtime {requested!r}")

@@ -1,8 +1,8 @@
-"""Whole-slide readers (cuCIM, OpenSlide, tiffslide), an in-memory slide, tissue mask,
-and the view of a slide at the model's resolution.
+"""Whole-slide readers (cuCIM, OpenSlide, tiffslide, torchvision), an in-memory slide, tissue
+mask, and the view of a slide at the model's resolution.
 
-Importing this package is cheap: cuCIM, OpenSlide, tiffslide and scikit-image are imported
-when a slide is first opened or a mask first computed.
+Importing this package is cheap: cuCIM, OpenSlide, tiffslide, torch and scikit-image are
+imported when a slide is first opened or a mask first computed.
 
 Example::
 
@@ -22,6 +22,7 @@ from pathlib import Path
 from wsi_tumor.errors import ConfigError, ReaderUnavailableError, SlideFormatError
 from wsi_tumor.slide.base import FILL_VALUE, SlideReader
 from wsi_tumor.slide.formats import (
+    GPU_READERS,
     READER_CHOICES,
     READERS,
     SLIDE_SUFFIXES,
@@ -38,10 +39,13 @@ _BACKENDS: dict[str, tuple[str, str]] = {
     "cucim": ("wsi_tumor.slide.cucim_reader", "CuCIMSlide"),
     "openslide": ("wsi_tumor.slide.openslide_reader", "OpenSlideSlide"),
     "tiffslide": ("wsi_tumor.slide.tiffslide_reader", "TiffSlideSlide"),
+    "torchvision": ("wsi_tumor.slide.torchvision_reader", "TorchvisionSlide"),
+    "nvjpeg": ("wsi_tumor.slide.torchvision_reader", "NvjpegSlide"),
 }
 
 __all__ = [
     "FILL_VALUE",
+    "GPU_READERS",
     "READERS",
     "READER_CHOICES",
     "SLIDE_SUFFIXES",

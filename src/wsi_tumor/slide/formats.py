@@ -8,7 +8,8 @@ of ``.dcm`` files, or one of them). The reader ``auto`` picks per slide: cuCIM w
 the format correctly (generic TIFF, Aperio, OME-TIFF with a page pyramid), tiffslide for a
 pyramid stored in SubIFDs (which cuCIM and OpenSlide do not see), and OpenSlide for the
 vendor formats; when the first choice cannot open a file the next one is tried and the
-fallback is reported.
+fallback is reported. Last for the TIFF formats comes the torchvision reader, which needs no
+codec package (JPEG tiles decoded by torchvision, on the CPU; ``nvjpeg`` on a GPU).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final, Literal
 
-ReaderName = Literal["cucim", "openslide", "tiffslide"]
-READERS: Final[tuple[ReaderName, ...]] = ("cucim", "openslide", "tiffslide")
-"""Reader backends."""
-READER_CHOICES: Final[tuple[str, ...]] = ("auto", *READERS)
+ReaderName = Literal["cucim", "openslide", "tiffslide", "torchvision", "nvjpeg"]
+READERS: Final[tuple[ReaderName, ...]] = ("cucim", "openslide", "tiffslide", "torchvision")
+"""Reader backends that run on any machine."""
+GPU_READERS: Final[tuple[ReaderName, ...]] = ("nvjpeg",)
+"""Reader backends that need a CUDA device (never picked by ``auto``)."""
+READER_CHOICES: Final[tuple[str, ...]] = ("auto", *READERS, *GPU_READERS)
 """What ``--reader`` accepts: a backend, or ``auto`` to pick one per slide."""
 
 SLIDE_SUFFIXES: Final[tuple[str, ...]] = (
@@ -78,7 +81,9 @@ def dicom_files(folder: Path) -> list[Path]:
 def reader_order(fmt: str, subifd_pyramid: bool) -> list[ReaderName]:
     """Backends ``auto`` tries for a format, best first."""
     if subifd_pyramid:
-        return ["tiffslide", "cucim", "openslide"]
+        return ["tiffslide", "cucim", "openslide", "torchvision"]
     if fmt in CUCIM_FORMATS:
-        return ["cucim", "openslide", "tiffslide"]
+        return ["cucim", "openslide", "tiffslide", "torchvision"]
+    if fmt in TIFF_FORMATS:
+        return ["openslide", "torchvision"]
     return ["openslide"]

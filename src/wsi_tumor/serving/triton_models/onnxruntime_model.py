@@ -1,7 +1,8 @@
-"""The shared part of the Python-backend models that run an ONNX graph with ONNX Runtime.
+"""The shared part of the Python-backend models that run a network (ONNX Runtime or torch).
 
 Each subclass says which output it answers with and how one request's inputs are read and
-validated (:meth:`OnnxRuntimeModel.request_inputs`); this class opens the session once and
+validated (:meth:`OnnxRuntimeModel.request_inputs`); the ``python-torch`` adapters also
+override :meth:`OnnxRuntimeModel.open_session`. This class opens the session once and
 runs every request of a dynamic batch through :func:`wsi_tumor.serving.onnx_session.run_batched`
 (same-shaped requests together), so a malformed request gets its own INVALID_ARG while the
 others are answered.
@@ -15,7 +16,7 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
-from wsi_tumor.serving.onnx_session import Inputs, build_session, run_batched, validated
+from wsi_tumor.serving.onnx_session import Inputs, Session, build_session, run_batched, validated
 from wsi_tumor.serving.triton_models.responses import error_response
 
 
@@ -25,15 +26,20 @@ class OnnxRuntimeModel:
     output: str = ""
 
     def initialize(self, args: dict[str, str]) -> None:
-        """Open the ONNX file named by the ``onnx_file`` parameter (CUDA on GPU instances)."""
-        config = json.loads(args["model_config"])
-        filename = config["parameters"]["onnx_file"]["string_value"]
-        path = Path(args["model_repository"]) / args["model_version"] / filename
-        self.session = build_session(
-            path,
+        """Open the model's session (:meth:`open_session`) once, at load."""
+        parameters = json.loads(args["model_config"]).get("parameters", {})
+        self.session = self.open_session(
+            Path(args["model_repository"]) / args["model_version"],
+            {key: str(value.get("string_value", "")) for key, value in parameters.items()},
             args.get("model_instance_kind", "CPU"),
             int(args.get("model_instance_device_id", "0")),
         )
+
+    def open_session(
+        self, version_dir: Path, parameters: dict[str, str], kind: str, device_id: int
+    ) -> Session:
+        """The ONNX file named by the ``onnx_file`` parameter (CUDA on GPU instances)."""
+        return build_session(version_dir / parameters["onnx_file"], kind, device_id)
 
     def request_inputs(self, request: Any) -> Inputs:
         """The validated input tensors of one request (raise RequestError when malformed)."""

@@ -1,24 +1,18 @@
-"""The run's time: one global budget, each stage's slice of what is left, and the watchdog."""
+"""A bounded run (the GPU probe, the GPU serve check): one global budget, each stage's slice
+of what is left, each stage's status recorded, and the watchdog that ends a run still going
+past the budget."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
-STAGE_SHARES = {
-    "slide": 0.05,
-    "decode_cpu": 0.07,
-    "decode_device": 0.07,
-    "reference": 0.06,
-    "check": 0.04,
-    "network": 0.28,
-    "graphs": 0.08,
-    "tiler": 0.03,
-    "pipeline": 0.05,
-    "compile": 0.27,
-}
-"""Each stage's share of the budget left when it starts, relative to the stages after it."""
+logger = logging.getLogger(__name__)
+Context = TypeVar("Context")
 
 GRACE_S = 30.0
 """The watchdog ends a run still going this long after its budget (the report says which stage
@@ -30,10 +24,13 @@ class Budget:
 
     Args:
         total_s: The budget in seconds, counted from construction.
+        shares: Each stage's share of the budget left when it starts, relative to the
+            stages after it (in run order).
     """
 
-    def __init__(self, total_s: float) -> None:
+    def __init__(self, total_s: float, shares: Mapping[str, float]) -> None:
         self.total_s = total_s
+        self.shares = dict(shares)
         self.start = time.monotonic()
         self.deadline = self.start + total_s
 
@@ -47,9 +44,9 @@ class Budget:
 
     def stage_deadline(self, stage: str) -> float:
         """Monotonic deadline of ``stage``: its share of the time left, by the shares after it."""
-        names = list(STAGE_SHARES)
-        later = sum(STAGE_SHARES[n] for n in names[names.index(stage) :])
-        return time.monotonic() + self.remaining() * STAGE_SHARES[stage] / later
+        names = list(self.shares)
+        later = sum(self.shares[n] for n in names[names.index(stage) :])
+        return time.monotonic() + self.remaining() * self.shares[stage] / later
 
 
 def left(deadline: float) -> float:
@@ -85,12 +82,13 @@ class Watchdog:
         self._budget = budget
         self._record = record
         self._then = then
+        self._grace_s = GRACE_S
         self._timer = threading.Timer(budget.total_s + GRACE_S, self._fire)
         self._timer.daemon = True
         self._timer.start()
 
     def _fire(self) -> None:
-        note = f"still running {GRACE_S:g} s past the {self._budget.total_s:g} s budget"
+        note = f"still running {self._grace_s:g} s past the {self._budget.total_s:g} s budget"
         with self.lock:
             self.fired = True
             self._record(note)
@@ -100,3 +98,33 @@ class Watchdog:
     def cancel(self) -> None:
         """Stop the timer (a fired watchdog stays fired)."""
         self._timer.cancel()
+
+
+def run_stage(
+    name: str,
+    stage: Callable[[Context, float], str | None],
+    ctx: Context,
+    budget: Budget,
+    record: dict[str, dict[str, Any]],
+) -> str:
+    """Run one stage within its slice of ``budget``; record and return its status.
+
+    The stage returns a note: "ok", "partial: ...", "skipped: ..." or "ok: ...". An exception
+    marks it failed (recorded with its message; the stages that need its result skip). A
+    stage may overrun its slice; the watchdog bounds the run.
+    """
+    if budget.remaining() <= 0.5:
+        record[name] = {"status": "skipped", "seconds": 0.0, "note": "budget spent"}
+        return "skipped"
+    deadline, start = budget.stage_deadline(name), time.monotonic()
+    logger.info("stage %s (%.0f s of %.0f s left)", name, deadline - start, budget.remaining())
+    try:
+        note = stage(ctx, deadline) or "ok"
+        head = note.split(":")[0]
+        status = head if head in ("partial", "skipped", "failed") else "ok"
+    except Exception as exc:
+        status, note = "failed", f"{type(exc).__name__}: {exc}"[:1500]
+        logger.warning("stage %s failed: %s\n%s", name, note, traceback.format_exc(limit=5))
+    seconds = time.monotonic() - start
+    record[name] = {"status": status, "seconds": seconds, "note": "" if note == "ok" else note}
+    return status

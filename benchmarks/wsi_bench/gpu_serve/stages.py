@@ -1,0 +1,242 @@
+"""The check's stages, in order; each is ``(Context, deadline) -> note`` and fills the record.
+
+prerequisites -> slides -> export -> server -> dense -> exact -> agreement -> dense_nvjpeg.
+A stage that raises is recorded as failed and the ones that need its result skip.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_bench.budget import Budget, left
+from wsi_bench.gpu_serve import environment, runs, serve
+from wsi_bench.gpu_serve.slide import side_for, write_serve_slide
+from wsi_tumor import contract
+
+Json = dict[str, Any]
+FP16_TOLERANCE = 1e-2
+"""Max |probability difference| of the GPU's FP16 maps from the CPU's FP32 ones."""
+FP32_TOLERANCE = 1e-4
+
+
+@dataclass
+class Plan:
+    """Sizes of a run: the big slide's and the agreement slide's tiles a side (0: none, the
+    big slide's maps are compared with the CPU's)."""
+
+    name: str
+    side_tiles: int
+    agreement_tiles: int
+
+
+FULL = Plan("full", side_for(260_000), 6)
+"""150 x 150 tiles: 282,000 nominal tissue cells; the agreement slide, 6 x 6 (~450 cells)."""
+TINY = Plan("tiny", 4, 0)
+"""4 x 4 tiles, 192 nominal tissue cells, for every stage (the CPU's exact pass is slow)."""
+
+
+@dataclass
+class Context:
+    """What the stages share (set by earlier stages) and the record they fill."""
+
+    plan: Plan
+    cuda: bool
+    bundle: Path | None
+    work: Path
+    checkpoint: Path | None
+    client_options: list[str]
+    budget: Budget
+    record: Json = field(default_factory=dict)
+    setup: environment.Setup | None = None
+    slides: dict[str, Path] = field(default_factory=dict)
+    repository: Path | None = None
+    server: Any = None
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+    def ready(self) -> tuple[environment.Setup, Any]:
+        """The set-up and the running server (RuntimeError when a stage before failed)."""
+        if self.setup is None or self.server is None:
+            raise RuntimeError("no server: an earlier stage failed")
+        return self.setup, self.server
+
+
+def stage_prerequisites(ctx: Context, deadline: float) -> str:
+    """The set-up (the bundle unpacked and checked, or this venv), then the GPU; a missing
+    prerequisite prints one line naming it."""
+    try:
+        if ctx.bundle is not None:
+            ctx.setup = environment.bundle_setup(ctx.bundle, ctx.work, ctx.cuda)
+        else:
+            ctx.setup = environment.local_setup()
+            if ctx.cuda:
+                ctx.setup.facts["gpu"] = environment.gpu()
+    except environment.PrerequisiteError as exc:
+        print(f"gpu_serve: missing prerequisite: {exc}", file=sys.stderr, flush=True)
+        raise
+    ctx.record["setup"] = {"kind": ctx.setup.kind, **ctx.setup.facts}
+    return "ok"
+
+
+def stage_slides(ctx: Context, deadline: float) -> str:
+    """The big slide (and the agreement slide), and the checkpoint every run uses."""
+    import torch
+
+    from wsi_tumor.models import build_model
+
+    if ctx.checkpoint is None:
+        torch.manual_seed(0)
+        ctx.checkpoint = ctx.work / "checkpoint.pt"
+        torch.save({"model": build_model().state_dict()}, ctx.checkpoint)
+        ctx.record["model"] = "random init, torch.manual_seed(0)"
+    else:
+        ctx.record["model"] = str(ctx.checkpoint)
+    facts: Json = {}
+    start = time.perf_counter()
+    ctx.slides["big"] = ctx.work / "serve_slide.tif"
+    facts["big"] = write_serve_slide(ctx.slides["big"], ctx.plan.side_tiles, seed=1)
+    if ctx.plan.agreement_tiles:
+        ctx.slides["small"] = ctx.work / "agreement_slide.tif"
+        facts["small"] = write_serve_slide(ctx.slides["small"], ctx.plan.agreement_tiles, seed=2)
+    else:
+        ctx.slides["small"] = ctx.slides["big"]
+    facts["write_s"] = time.perf_counter() - start
+    ctx.record["slides"] = facts
+    return "ok"
+
+
+def stage_export(ctx: Context, deadline: float) -> str:
+    """``wsi-export --runtime python-torch`` (GPU instances on a GPU)."""
+    if ctx.setup is None or ctx.checkpoint is None:
+        raise RuntimeError("no set-up or checkpoint")
+    ctx.repository = ctx.work / "model_repository"
+    timeout = _essential(ctx, deadline)
+    summary = serve.export(ctx.setup, ctx.checkpoint, ctx.repository, ctx.cuda, timeout)
+    ctx.record["export"] = summary
+    return "ok"
+
+
+def stage_server(ctx: Context, deadline: float) -> str:
+    """tritonserver on the exported repository, ready."""
+    if ctx.setup is None or ctx.repository is None:
+        raise RuntimeError("no repository")
+    start = time.perf_counter()
+    log_path = ctx.work / "tritonserver.log"
+    ctx.server = serve.start_server(ctx.setup, ctx.repository, log_path, _essential(ctx, deadline))
+    ctx.record["server"] = {"start_s": time.perf_counter() - start, "log": str(log_path)}
+    return "ok"
+
+
+def _essential(ctx: Context, deadline: float, minimum_s: float = 180.0) -> float:
+    """Seconds an essential step may take: its slice, but at least ``minimum_s`` while the
+    budget lasts (a slow first CUDA start must not fail the run; later stages get less)."""
+    return min(ctx.budget.remaining(), max(left(deadline), minimum_s))
+
+
+def _run_mode(
+    ctx: Context, name: str, mode: str, slide: Path, deadline: float, extra: list[str]
+) -> Json:
+    setup, server = ctx.ready()
+    before = serve.model_stats(server)
+    out = ctx.work / "runs" / name
+    with serve.Sampler(server.pid) as sampler:
+        run = runs.run_client(
+            setup, slide, out, server.grpc_url, mode, [*ctx.client_options, *extra], deadline
+        )
+    delta = serve.stats_delta(before, serve.model_stats(server))
+    result = {"exit": run["exit"], "cut": run["cut"], "log_tail": run["log_tail"]}
+    if run["report"] is not None:
+        result.update(runs.breakdown(run, delta, sampler.summary()))
+        ctx.outputs[name] = out / f"{slide.stem}.npy"
+    else:
+        network = contract.CLASSIFIER_MODEL if mode == "exact" else contract.DENSE_MODEL
+        done = delta.get(network, {}).get("inferences", 0)
+        result.update(partial_inferences=done, partial_s=run["wall_s"], server_models=delta)
+    ctx.record.setdefault("runs", {})[name] = result
+    return result
+
+
+def stage_dense(ctx: Context, deadline: float) -> str:
+    """``wsi-infer --mode dense`` on the big slide."""
+    result = _run_mode(ctx, "dense", "dense", ctx.slides["big"], deadline, [])
+    return _note(result)
+
+
+def stage_exact(ctx: Context, deadline: float) -> str:
+    """``wsi-infer --mode exact`` (the ensemble) on the big slide."""
+    result = _run_mode(ctx, "exact", "exact", ctx.slides["big"], deadline, [])
+    return _note(result)
+
+
+def stage_dense_nvjpeg(ctx: Context, deadline: float) -> str:
+    """The dense run again with the client decoding on the GPU (reader nvjpeg)."""
+    if not ctx.cuda:
+        return "skipped: nvJPEG needs a GPU"
+    result = _run_mode(ctx, "dense_nvjpeg", "dense", ctx.slides["big"], deadline,
+                       ["--reader", "nvjpeg"])  # fmt: skip
+    return _note(result)
+
+
+def _note(result: Json) -> str:
+    """ "ok", "partial: ..." for a run cut at its deadline; a failed run raises."""
+    if result["cut"]:
+        done = result.get("partial_inferences", 0)
+        return f"partial: cut after {result.get('partial_s', 0):.0f} s, {done} network inferences"
+    if result["exit"] != 0 or "cells" not in result:
+        raise RuntimeError(f"wsi-infer exited {result['exit']}: {' / '.join(result['log_tail'])}")
+    return "ok"
+
+
+def stage_agreement(ctx: Context, deadline: float) -> str:
+    """Both modes' served maps of the small slide against a CPU FP32 run of the checkpoint."""
+    if ctx.checkpoint is None:
+        raise RuntimeError("no checkpoint")
+    small = ctx.slides["small"]
+    served = {}
+    for mode in contract.MODES:
+        if small == ctx.slides["big"] and mode in ctx.outputs:
+            served[mode] = ctx.outputs[mode]
+            continue
+        name = f"agreement_{mode}"
+        _run_mode(ctx, name, mode, small, deadline, [])
+        if name not in ctx.outputs:
+            raise RuntimeError(f"no {mode} map of the agreement slide")
+        served[mode] = ctx.outputs[name]
+    reference = runs.reference_maps(small, ctx.checkpoint)
+    tolerance = FP16_TOLERANCE if ctx.cuda else FP32_TOLERANCE
+    found = {
+        mode: runs.agreement(np.load(served[mode]), reference[mode], tolerance)
+        for mode in contract.MODES
+    }
+    ctx.record["agreement"] = found
+    failed = [mode for mode, result in found.items() if not result["passed"]]
+    if failed:
+        raise RuntimeError(f"maps differ from the CPU's beyond {tolerance:g}: {', '.join(failed)}")
+    return "ok"
+
+
+Stage = Callable[[Context, float], str]
+STAGES: tuple[tuple[str, Stage, float], ...] = (
+    ("prerequisites", stage_prerequisites, 0.10),
+    ("slides", stage_slides, 0.06),
+    ("export", stage_export, 0.10),
+    ("server", stage_server, 0.12),
+    ("dense", stage_dense, 0.15),
+    ("exact", stage_exact, 0.25),
+    ("agreement", stage_agreement, 0.12),
+    ("dense_nvjpeg", stage_dense_nvjpeg, 0.10),
+)
+"""(name, stage, share of the budget left when it starts, relative to the stages after it)."""
+ESSENTIAL = ("prerequisites", "slides", "export", "server", "dense", "agreement")
+
+
+def cpu_count() -> int:
+    """Cores this process may use."""
+    return len(os.sched_getaffinity(0))
