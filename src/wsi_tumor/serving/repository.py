@@ -85,8 +85,18 @@ def _model_mpp(config: Any) -> None:
     config.parameters[contract.MODEL_MPP_PARAMETER].string_value = repr(contract.MODEL_MPP)
 
 
+def _precision(config: Any, precision: str) -> None:
+    if precision not in contract.PRECISIONS:
+        raise ExportError(
+            f"unknown precision {precision!r}; choose one of {', '.join(contract.PRECISIONS)}"
+        )
+    config.parameters[contract.PRECISION_PARAMETER].string_value = precision
+
+
 def render_classifier_config(
-    runtime: Runtime = COMMITTED_RUNTIME, max_batch_size: int = MAX_PATCHES_PER_REQUEST
+    runtime: Runtime = COMMITTED_RUNTIME,
+    max_batch_size: int = MAX_PATCHES_PER_REQUEST,
+    precision: str = "fp32",
 ) -> str:
     """config.pbtxt of ``tumor_classifier`` for ``runtime``.
 
@@ -94,9 +104,10 @@ def render_classifier_config(
         runtime: "onnxruntime" (NVIDIA's onnxruntime backend), "tensorrt" (a plan, GPU
             instances) or "python-onnxruntime" (Python backend running model.onnx).
         max_batch_size: The batch limit; a TensorRT plan's profile must reach it.
+        precision: The ``precision`` parameter (fp32, fp16 or int8): what the weights are.
 
     Raises:
-        ExportError: on an unknown runtime or a non-positive batch size.
+        ExportError: on an unknown runtime or precision, or a non-positive batch size.
     """
     if max_batch_size < 1:
         raise ExportError(f"tumor_classifier max_batch_size must be >= 1, got {max_batch_size}")
@@ -107,6 +118,7 @@ def render_classifier_config(
     preferred = [b for b in PREFERRED_BATCH_SIZES if b <= max_batch_size] or [max_batch_size]
     config.dynamic_batching.preferred_batch_size.extend(preferred)
     config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
+    _precision(config, precision)
     warmup = config.model_warmup.add(name="one_zero_patch", batch_size=1)
     patches = warmup.inputs[contract.PATCHES_TENSOR]
     patches.data_type, patches.zero_data = _pb().TYPE_FP32, True
@@ -115,12 +127,14 @@ def render_classifier_config(
 
 
 def render_dense_config(
-    runtime: Runtime = COMMITTED_RUNTIME, max_batch_size: int = DENSE_MAX_REGIONS
+    runtime: Runtime = COMMITTED_RUNTIME,
+    max_batch_size: int = DENSE_MAX_REGIONS,
+    precision: str = "fp32",
 ) -> str:
     """config.pbtxt of ``tumor_detector_dense``: regions + cell mask -> grid, batching regions.
 
     Raises:
-        ExportError: on an unknown runtime or a non-positive batch size.
+        ExportError: on an unknown runtime or precision, or a non-positive batch size.
     """
     if max_batch_size < 1:
         raise ExportError(f"{contract.DENSE_MODEL} max_batch_size must be >= 1")
@@ -131,6 +145,7 @@ def render_dense_config(
     _add_tensor(config.output, contract.GRID_TENSOR, "TYPE_FP32", [-1, -1])
     config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
     _model_mpp(config)
+    _precision(config, precision)
     side = contract.region_size(contract.DENSE_MIN_CELLS)
     warmup = config.model_warmup.add(name="one_zero_region", batch_size=1)
     regions = warmup.inputs[contract.REGIONS_TENSOR]
@@ -163,8 +178,9 @@ def render_assembler_config() -> str:
     return _text(config)
 
 
-def render_ensemble_config() -> str:
-    """config.pbtxt of the ensemble ``tumor_detector`` (identical for every runtime)."""
+def render_ensemble_config(precision: str = "fp32") -> str:
+    """config.pbtxt of the ensemble ``tumor_detector`` (identical for every runtime; its
+    ``precision`` parameter is the classifier's, for the client)."""
     regions, mask = contract.REGIONS_TENSOR, contract.CELL_MASK_TENSOR
     patches, probs = contract.PATCHES_TENSOR, contract.PROBABILITIES_TENSOR
     config = _pb().ModelConfig(name=contract.ENSEMBLE_MODEL, platform="ensemble")
@@ -172,6 +188,7 @@ def render_ensemble_config() -> str:
     _add_tensor(config.input, mask, "TYPE_BOOL", [-1, -1, -1])
     _add_tensor(config.output, contract.GRID_TENSOR, "TYPE_FP32", [-1, -1, -1])
     _model_mpp(config)
+    _precision(config, precision)
     for model, inputs, outputs in (
         (contract.TILER_MODEL, [regions, mask], [patches]),
         (contract.CLASSIFIER_MODEL, [patches], [probs]),
@@ -201,14 +218,24 @@ def model_source(model: str) -> str:
     )
 
 
-def render_repository(runtime: Runtime = COMMITTED_RUNTIME) -> dict[str, str]:
-    """Every committed file of the repository: relative path -> text."""
+def render_repository(
+    runtime: Runtime = COMMITTED_RUNTIME, precision: str = "fp32"
+) -> dict[str, str]:
+    """Every committed file of the repository: relative path -> text.
+
+    Args:
+        runtime: The networks' runtime.
+        precision: What the exported weights compute in (the ``precision`` parameter of
+            both networks and the ensemble).
+    """
     files = {
-        f"{contract.CLASSIFIER_MODEL}/config.pbtxt": render_classifier_config(runtime),
-        f"{contract.DENSE_MODEL}/config.pbtxt": render_dense_config(runtime),
+        f"{contract.CLASSIFIER_MODEL}/config.pbtxt": render_classifier_config(
+            runtime, precision=precision
+        ),
+        f"{contract.DENSE_MODEL}/config.pbtxt": render_dense_config(runtime, precision=precision),
         f"{contract.TILER_MODEL}/config.pbtxt": render_tiler_config(),
         f"{contract.ASSEMBLER_MODEL}/config.pbtxt": render_assembler_config(),
-        f"{contract.ENSEMBLE_MODEL}/config.pbtxt": render_ensemble_config(),
+        f"{contract.ENSEMBLE_MODEL}/config.pbtxt": render_ensemble_config(precision),
         f"{contract.ENSEMBLE_MODEL}/{VERSION}/.gitkeep": "",
     }
     for model in (contract.TILER_MODEL, contract.ASSEMBLER_MODEL):
@@ -221,7 +248,9 @@ def render_repository(runtime: Runtime = COMMITTED_RUNTIME) -> dict[str, str]:
     return files
 
 
-def write_repository(root: Path, runtime: Runtime = COMMITTED_RUNTIME) -> list[Path]:
+def write_repository(
+    root: Path, runtime: Runtime = COMMITTED_RUNTIME, precision: str = "fp32"
+) -> list[Path]:
     """Write the rendered files under ``root`` and drop the adapters of another runtime.
 
     Weights (model.onnx, model.plan) are left alone: the caller writes the ones it needs.
@@ -232,7 +261,7 @@ def write_repository(root: Path, runtime: Runtime = COMMITTED_RUNTIME) -> list[P
         The written paths.
     """
     written = []
-    for relative, text in render_repository(runtime).items():
+    for relative, text in render_repository(runtime, precision).items():
         path = Path(root) / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
@@ -243,7 +272,13 @@ def write_repository(root: Path, runtime: Runtime = COMMITTED_RUNTIME) -> list[P
         if stale.exists():
             log.info("removing %s (not used by runtime %s)", stale, runtime)
             stale.unlink()
-    log.info("wrote %d repository files under %s (runtime %s)", len(written), root, runtime)
+    log.info(
+        "wrote %d repository files under %s (runtime %s, %s)",
+        len(written),
+        root,
+        runtime,
+        precision,
+    )
     return written
 
 

@@ -15,7 +15,9 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
+from wsi_tumor import contract
 from wsi_tumor.serving.onnx_session import Inputs, build_session, run_batched, validated
+from wsi_tumor.serving.precision import check_graph_precision
 from wsi_tumor.serving.triton_models.responses import error_response
 
 
@@ -25,10 +27,18 @@ class OnnxRuntimeModel:
     output: str = ""
 
     def initialize(self, args: dict[str, str]) -> None:
-        """Open the ONNX file named by the ``onnx_file`` parameter (CUDA on GPU instances)."""
+        """Open the ONNX file named by the ``onnx_file`` parameter (CUDA on GPU instances).
+
+        The graph must be of the precision the ``precision`` parameter states (fp32 when
+        absent): a repository whose parameter and weights disagree fails to load, with one
+        line naming both.
+        """
         config = json.loads(args["model_config"])
-        filename = config["parameters"]["onnx_file"]["string_value"]
+        parameters = config["parameters"]
+        filename = parameters["onnx_file"]["string_value"]
         path = Path(args["model_repository"]) / args["model_version"] / filename
+        stated = parameters.get(contract.PRECISION_PARAMETER, {}).get("string_value", "")
+        self.precision = check_graph_precision(path, stated)
         self.session = build_session(
             path,
             args.get("model_instance_kind", "CPU"),
