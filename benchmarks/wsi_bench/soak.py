@@ -95,7 +95,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 def prepare(args: argparse.Namespace, workdir: Path) -> tuple[list[Path], Path]:
     """Synthetic slides and (unless ``--repository``) an exported repository."""
-    from wsi_bench.cli import synth_and_export
+    from wsi_bench.prepare import synth_and_export
 
     slides, _, repository = synth_and_export(
         workdir, slides=args.slides, size=args.size, seed=args.seed, checkpoint=args.checkpoint

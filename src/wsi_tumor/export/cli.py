@@ -18,7 +18,7 @@ import numpy.typing as npt
 from wsi_tumor import contract
 from wsi_tumor.commandline import EXIT_OK, add_logging_flags, make_parser, run_command
 from wsi_tumor.errors import ConfigError
-from wsi_tumor.export.calibration import DEFAULT_PATCHES, DEFAULT_REGIONS
+from wsi_tumor.export.calibration import DEFAULT_PATCHES, DEFAULT_REGIONS, CalibrationSet
 from wsi_tumor.export.quantize import DEFAULT_METHOD, METHODS, QuantSettings
 
 log = logging.getLogger(__name__)
@@ -190,6 +190,7 @@ def run_export(config: ExportConfig) -> ExportResult:
 
         require_tensorrt()  # fail before any slow work
     model = load_model(config.checkpoint)
+    calibration = _calibration_set(config) if config.precision == "int8" else None
     repository = config.repository.resolve()
     repository.mkdir(parents=True, exist_ok=True)
     own_tolerance = config.format == "onnx" and config.precision == "fp32"
@@ -221,8 +222,8 @@ def run_export(config: ExportConfig) -> ExportResult:
             for pixels, mask in regions
         )
         int8 = None
-        if config.precision == "int8":
-            int8 = _quantise(config, staged, inputs, regions)
+        if calibration is not None:
+            int8 = _quantise(config, calibration, staged, inputs, regions)
         plan_diff = None
         if config.format == "tensorrt":
             plan_diff = _build_plans(config, staged, inputs, onnx_probs, regions)
@@ -254,24 +255,31 @@ def run_export(config: ExportConfig) -> ExportResult:
     )
 
 
-def _quantise(
-    config: ExportConfig,
-    staged: Path,
-    inputs: npt.NDArray[np.float32],
-    regions: list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]],
-) -> dict[str, Any]:
-    """Calibrate on ``config.calibration`` and stage both INT8 graphs (see export.int8)."""
+def _calibration_set(config: ExportConfig) -> CalibrationSet:
+    """The calibration patches and regions of ``config.calibration`` (read before the slow
+    export work, so an empty or tissueless set stops the export at once)."""
     from wsi_tumor.export.calibration import CalibrationConfig, read_calibration_set
-    from wsi_tumor.export.int8 import INT8_TOLERANCE, ParityInputs, quantise_networks
 
     if config.calibration is None:
         raise ConfigError("--precision int8 needs --calibration")
-    calibration = read_calibration_set(
+    return read_calibration_set(
         CalibrationConfig(
             config.calibration, config.calibration_patches, config.calibration_regions
         ),
         quiet=config.quiet,
     )
+
+
+def _quantise(
+    config: ExportConfig,
+    calibration: CalibrationSet,
+    staged: Path,
+    inputs: npt.NDArray[np.float32],
+    regions: list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]],
+) -> dict[str, Any]:
+    """Stage both INT8 graphs calibrated on ``calibration`` (see export.int8)."""
+    from wsi_tumor.export.int8 import INT8_TOLERANCE, ParityInputs, quantise_networks
+
     tolerance = (config.tolerance if config.format == "onnx" else None) or INT8_TOLERANCE
     return quantise_networks(
         staged,

@@ -153,6 +153,7 @@ def install_int8(staged: Path, records: dict[str, dict[str, Any]]) -> None:
         folder = staged / model
         os.replace(folder / INT8_FILE, folder / ONNX_FILE)
         (folder / TENSORRT_QDQ_FILE).unlink(missing_ok=True)
+        (folder / RANGES_FILE).chmod(0o644)  # ONNX Runtime writes its cache owner-only
         (folder / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
