@@ -173,6 +173,61 @@ def test_report_renders_machine_targets_tables_and_ratios(tmp_path: Path) -> Non
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def int8_results() -> dict:
+    """fake_results() with the INT8 half: ways (e) and (f), INT8 perf rows, the setup."""
+    results = fake_results()
+    way = {**results["ways"][1], "bytes_sent": 2_000_000, "requests": 10}
+    results["ways"] += [
+        {**way, "key": "e", "patches": 1000, "infer_s": 10.0, "patches_per_s": 100.0},
+        {**way, "key": "f", "patches": 1000, "infer_s": 2.0, "patches_per_s": 500.0},
+    ]
+    results["perf"] += [
+        {**row, "precision": "int8", "patches_per_s": 3 * row["patches_per_s"]}
+        for row in results["perf"]
+        if row["model"] == "tumor_classifier"
+    ]
+    agreement = {"cells": 1000, "max_abs_diff": 0.04, "mean_abs_diff": 0.003,
+                 "pearson": 0.998, "decision_agreement": 0.999, "flipped": 1}  # fmt: skip
+    results["int8"] = {
+        "cpu_features": {
+            "avx512_vnni": False,
+            "avx_vnni": False,
+            "amx_int8": False,
+            "avx512bw": False,
+            "avx2": True,
+        },
+        "dot_product": False,
+        "kernels": {"tumor_classifier": {"QLinearConv": 20, "Conv": 1}},
+        "fp32_kernels": {"tumor_classifier": {"FusedConv": 21}},
+        "records": {"tumor_classifier": None},
+        "agreement": {"b-e": agreement, "d-f": {**agreement, "pearson": 0.95, "flipped": 7}},
+    }
+    return results
+
+
+def test_int8_targets_section_and_perf_ratios() -> None:
+    results = int8_results()
+    targets = evaluate_targets(results)
+    # the FP32 targets ignore the INT8 perf rows; the INT8 ones follow them
+    assert [round(t.measured, 3) for t in targets[:6]] == [2.5, 0.92, 0.833, 12.5, 5.0, 0.833]
+    int8 = {t.name.split(":")[0]: t for t in targets[6:]}
+    assert round(int8["f/a"].measured, 2) == 25.0 and int8["f/a"].passed
+    assert round(int8["f/d"].measured, 2) == 2.0 and int8["f/d"].passed
+    assert (
+        round(int8["e/b"].measured, 2) == 2.0 and "(this CPU has no VNNI/AMX)" in int8["e/b"].detail
+    )
+    pearson = [t for t in targets if "Pearson" in t.name]
+    assert [(t.measured, t.passed) for t in pearson] == [(0.998, True), (0.95, False)]
+    text = render_markdown(results, targets, "throughput.png")
+    assert "**No VNNI or AMX**" in text and "QLinearConv 20, Conv 1" in text
+    assert "| tumor_classifier | 40 | 1 | 50.0 | 150.0 | 3.00 |" in text
+    assert "| tumor_classifier (int8) | 160 |" in text
+    assert "- e/b = 2.00" in text and "- f/d = 2.00" in text and "- f/a = 25.00" in text
+    assert "map (f) INT8 vs (d) FP32 over 1000 tissue cells: Pearson 0.9500" in text
+    assert "7 cells on the other side of 0.5" in text and ">= 0.99 |" in text
+    assert "## One slide, 6 ways" in text
+
+
 def test_statistics_delta_keeps_models_that_served() -> None:
     before = {"m": {"requests": 2.0, "executions": 1.0, "inferences": 8.0, "queue_ns": 1e6,
                     "compute_input_ns": 0.0, "compute_infer_ns": 5e6, "compute_output_ns": 0.0},
@@ -221,3 +276,29 @@ def test_tiny_end_to_end_run(tmp_path: Path) -> None:
     assert dense["cells"] == results["ways"][1]["patches"] and 0 <= dense["mean_abs_diff"] < 1
     assert len(results["targets"]) == 5
     assert "## Targets" in (out / "report.md").read_text() and (out / "throughput.png").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+def test_tiny_run_with_int8(tmp_path: Path) -> None:
+    """INT8 ways (e) and (f) beside the FP32 ones: seeded weights (no training), perf skipped."""
+    from wsi_bench.cli import main
+
+    out = tmp_path / "results"
+    argv = ["--out", str(out), "--size", "2048", "--weights", "seeded", "--skip-perf",
+            "--workdir", str(tmp_path / "work")]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    ways = {w["key"]: w for w in results["ways"]}
+    assert list(ways) == ["a", "b", "c", "d", "e", "f"]
+    assert [ways[k]["precision"] for k in "abcdef"] == ["fp32"] * 4 + ["int8"] * 2
+    assert len({w["patches"] for w in ways.values()}) == 1
+    int8 = results["int8"]
+    assert set(int8["agreement"]) == {"b-e", "d-f"}
+    for stats in int8["agreement"].values():
+        assert stats["cells"] == ways["b"]["patches"] and stats["max_abs_diff"] < 0.1
+    assert int8["kernels"]["tumor_detector_dense"]["QLinearConv"] == 20
+    assert int8["records"]["tumor_classifier"]["calibration"]["slides"]
+    names = [t["name"] for t in results["targets"]]
+    assert any(n.startswith("f/a") for n in names) and any(n.startswith("e/b") for n in names)
+    assert "## INT8" in (out / "report.md").read_text()

@@ -1,12 +1,14 @@
-"""``make bench``: perf_analyzer sweep and one slide four ways, written as a report.
+"""``make bench``: perf_analyzer sweep and one slide six ways, written as a report.
 
-Three phases: :func:`prepare` (a synthetic slide, a seeded or given checkpoint exported to
-a ``python-onnxruntime`` repository), :func:`measure` (the real ``tritonserver`` on it:
-perf_analyzer over ``tumor_classifier``, ``tumor_detector`` and ``tumor_detector_dense``,
-then (a) the MONAI PyTorch baseline, (b) ``wsi-infer --mode exact``, (c) client-cut patches
-and (d) ``wsi-infer --mode dense``) and :func:`report` (the exact ways' maps must agree
-within 1e-4, the dense map's agreement is measured; results.json, report.md and
-throughput.png).
+Three phases: :func:`prepare` (a synthetic slide; a checkpoint: given, trained here with the
+demo's recipe, or seeded; exported to an FP32 and an INT8 ``python-onnxruntime``
+repository), :func:`measure` (the real ``tritonserver`` on the FP32 one: perf_analyzer over
+``tumor_classifier``, ``tumor_detector`` and ``tumor_detector_dense``, then (a) the MONAI
+PyTorch baseline, (b) ``wsi-infer --mode exact``, (c) client-cut patches and (d)
+``wsi-infer --mode dense``; then a server on the INT8 one: the same sweep, (e) exact and
+(f) dense mode, see :mod:`wsi_bench.int8`) and :func:`report` (the exact ways' maps must
+agree within 1e-4, the dense and INT8 maps' agreement is measured; results.json, report.md
+and throughput.png).
 
 Exit codes: 0 done (targets may be missed: see the report), 1 the exact maps disagree or a
 step failed, 2 bad flags.
@@ -23,15 +25,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from wsi_bench import BenchError
+from wsi_bench.prepare import Prepared, prepare
 from wsi_tumor import contract
 from wsi_tumor.commandline import EXIT_OK, make_parser, run_command
 from wsi_tumor.fileio import parse_int_list, write_json, write_text
@@ -50,7 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=4096, help="synthetic slide side (px)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--checkpoint", type=Path, default=None, help="default: torch.manual_seed(0) weights"
+        "--checkpoint", type=Path, default=None, help="weights to measure (default: --weights)"
+    )
+    parser.add_argument(
+        "--weights",
+        choices=("trained", "seeded"),
+        default="trained",
+        help="without --checkpoint: train one here with the demo's recipe (INT8 vs FP32 "
+        "agreement needs trained weights), or torch.manual_seed(0) random-init weights",
+    )
+    parser.add_argument(
+        "--int8",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also export, serve and measure the INT8 repository (ways e and f)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep work files here")
     parser.add_argument(
@@ -81,108 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """What :func:`prepare` made: the slide, its geometry, the weights and the repository."""
-
-    slide: Path
-    checkpoint: Path
-    repository: Path
-    geometry: dict[str, Any]
-    crop: npt.NDArray[np.uint8]
-
-
-def _seeded_checkpoint(path: Path) -> Path:
-    import torch
-
-    from wsi_tumor.models import build_model
-
-    torch.manual_seed(0)
-    torch.save({"model": build_model().state_dict(), "epoch": 0, "config": {"seed": 0}}, path)
-    return path
-
-
-def synth_and_export(
-    workdir: Path, *, slides: int, size: int, seed: int, checkpoint: Path | None
-) -> tuple[list[Path], Path, Path]:
-    """Synthetic slides, a checkpoint (seeded weights unless given) and its exported
-    ``python-onnxruntime`` repository under ``workdir``.
-
-    Returns:
-        (slide paths, checkpoint, repository).
-    """
-    from wsi_tumor.data.cli import main as synth_main
-    from wsi_tumor.export.cli import ExportConfig, run_export
-
-    data = workdir / "data"
-    code = synth_main(
-        [str(data), "--train", str(slides), "--valid", "0", "--test", "0", "--size", str(size),
-         "--seed", str(seed), "--quiet"]
-    )  # fmt: skip
-    paths = sorted((data / "images").glob("*.tif"))
-    if code != 0 or not paths:
-        raise BenchError(f"wsi-synth failed ({code}) in {data}")
-    checkpoint = checkpoint or _seeded_checkpoint(workdir / "checkpoint.pt")
-    repository = workdir / "model_repository"
-    run_export(
-        ExportConfig(
-            checkpoint=checkpoint,
-            repository=repository,
-            runtime="python-onnxruntime",
-            parity_patches=8,
-        )
-    )
-    return paths, checkpoint, repository
-
-
-def prepare(args: argparse.Namespace, workdir: Path) -> Prepared:
-    """Synthetic slide, checkpoint and exported repository under ``workdir``."""
-    slides, checkpoint, repository = synth_and_export(
-        workdir, slides=1, size=args.size, seed=args.seed, checkpoint=args.checkpoint
-    )
-    geometry, crop = slide_geometry(slides[0], contract.REGION_CELLS)
-    return Prepared(slides[0], checkpoint, repository, geometry, crop)
-
-
-def slide_geometry(slide_path: Path, cells: int) -> tuple[dict[str, Any], npt.NDArray[np.uint8]]:
-    """Tissue cells, regions, mean tissue fraction of an occupied region, and a crop.
-
-    The crop is a tissue-rich level-0 square for perf_analyzer's detector requests.
-    """
-    from wsi_tumor.client.grid import plan_dense_regions, plan_regions
-    from wsi_tumor.slide import open_slide, tissue_mask
-
-    with open_slide(slide_path) as slide:
-        mask = np.asarray(tissue_mask(slide, contract.MASK_LEVEL), bool)
-        regions = plan_regions(mask, cells)
-        dense_regions = plan_dense_regions(mask)
-        width, height = slide.level_dimensions[0]
-        side = min(width, height, 2048)
-        row, col = np.argwhere(mask).mean(axis=0)
-        x = int(np.clip(col * contract.PATCH_STRIDE - side / 2, 0, width - side))
-        y = int(np.clip(row * contract.PATCH_STRIDE - side / 2, 0, height - side))
-        crop = slide.read_region((x, y), (side, side), contract.INFERENCE_LEVEL)
-    geometry = {
-        "width": width,
-        "height": height,
-        "tissue_cells": int(mask.sum()),
-        "regions": len(regions),
-        "dense_regions": len(dense_regions),
-        "tissue_fraction": round(float(mask.sum()) / (len(regions) * cells * cells), 3),
-        "dense_tissue_fraction": round(
-            float(mask.sum()) / sum(region.cells**2 for region in dense_regions), 3
-        ),
-    }
-    return geometry, np.asarray(crop, np.uint8)
-
-
 def measure(args: argparse.Namespace, prepared: Prepared, workdir: Path) -> dict[str, Any]:
-    """Run perf_analyzer and the four ways on one server; return the raw measurements."""
-    from wsi_bench.machine import describe_machine
-    from wsi_bench.resources import TreeSampler, wait_idle
-    from wsi_bench.sweep import SweepPlan, run_sweep
-    from wsi_bench.ways import run_baseline_way, run_client_way
-    from wsi_tumor.serving.local_server import LocalTritonServer
+    """Run perf_analyzer and the four FP32 ways on one server, then the INT8 server's sweep
+    and two ways (when exported); return the raw measurements."""
+    from wsi_bench.int8 import int8_setup, measure_int8
+    from wsi_bench.resources import TreeSampler
+    from wsi_bench.sweep import SweepPlan
 
     plan = SweepPlan(
         regions=args.regions,
@@ -194,8 +113,28 @@ def measure(args: argparse.Namespace, prepared: Prepared, workdir: Path) -> dict
         request_count=args.request_count,
     )
     log.info("slide %s: %s", prepared.slide.name, prepared.geometry)
+    with TreeSampler() as sampler:
+        machine, perf, ways = _measure_fp32(args, prepared, workdir, sampler, plan)
+        int8 = None
+        if prepared.int8_repository is not None:
+            int8 = int8_setup(prepared.int8_repository, prepared.repository)
+            perf_int8, ways_int8 = measure_int8(args, prepared, workdir, sampler, plan)
+            perf, ways = perf + perf_int8, ways + ways_int8
+    return {"machine": machine, "plan": plan, "perf": perf, "ways": ways, "int8": int8}
+
+
+def _measure_fp32(
+    args: argparse.Namespace, prepared: Prepared, workdir: Path, sampler: Any, plan: Any
+) -> tuple[dict[str, Any], list[Any], list[Any]]:
+    """The FP32 server: machine description, perf_analyzer sweep, ways (a) to (d)."""
+    from wsi_bench.machine import describe_machine
+    from wsi_bench.resources import wait_idle
+    from wsi_bench.sweep import run_sweep
+    from wsi_bench.ways import run_baseline_way, run_client_way
+    from wsi_tumor.serving.local_server import LocalTritonServer
+
     server = LocalTritonServer(prepared.repository, log_path=workdir / "tritonserver.log")
-    with server, TreeSampler() as sampler:
+    with server:
         if server.pid is None:
             raise BenchError("tritonserver has no process id")
         sampler.watch("server", server.pid)
@@ -232,7 +171,8 @@ def measure(args: argparse.Namespace, prepared: Prepared, workdir: Path) -> dict
                     inflight=args.dense_inflight if key == "d" else args.inflight,
                 )
             )
-    return {"machine": machine, "plan": plan, "perf": perf, "ways": ways}
+        sampler.unwatch("server")
+    return machine, perf, ways
 
 
 def report(
@@ -270,6 +210,12 @@ def report(
     print(f"exact maps: max |diff| {format_diffs(agreement)}")
     dense = dense_agreement(maps["b"], maps["d"], {w.key: w for w in ways})
     print(f"dense vs exact: {dense}")
+    int8 = measured.get("int8")
+    if int8 is not None:
+        from wsi_bench.int8 import int8_agreement
+
+        int8 = {**int8, "agreement": int8_agreement(maps)}
+        print(f"INT8 vs FP32: {int8['agreement']}")
     perf_rows = [
         {**asdict(r), "patches_per_request": round(r.patches_per_s / r.inferences_per_s
          * (r.batch_size or 1)) if r.inferences_per_s else float(r.batch_size)}
@@ -289,7 +235,7 @@ def report(
                 f"({prepared.geometry['dense_regions']} dense regions of k <= {dense_k})"
             ),
         },
-        "setup": _setup_lines(args, measured["machine"], plan),
+        "setup": _setup_lines(args, measured["machine"], plan, prepared.weights),
         "models": {
             "classifier": contract.CLASSIFIER_MODEL,
             "detector": contract.ENSEMBLE_MODEL,
@@ -300,6 +246,7 @@ def report(
         "ways": [way.to_json() for way in ways],
         "agreement": agreement,
         "dense_agreement": dense,
+        "int8": int8,
         "notes": args.notes.read_text().splitlines() if args.notes else [],
     }
     results["duration_s"] = round(time.perf_counter() - started, 1)
@@ -314,14 +261,21 @@ def report(
     return failure
 
 
-def _setup_lines(args: argparse.Namespace, machine: dict[str, Any], plan: Any) -> list[str]:
+def _setup_lines(
+    args: argparse.Namespace, machine: dict[str, Any], plan: Any, weights: str
+) -> list[str]:
     k, dense_k = plan.cells, plan.dense_cells
+    int8 = (
+        "; the same checkpoint exported again with `--precision int8` (QDQ, calibrated on the "
+        "training slides of a synthetic training set, not on the bench slide) and served by a "
+        "second server after the first, for ways (e) and (f) and its own perf_analyzer rows"
+        if args.int8
+        else ""
+    )
     return [
-        "model: ResNet18-FCN, "
-        f"{'seeded random-init weights' if args.checkpoint is None else args.checkpoint}, "
-        "exported to ONNX twice (the patch classifier and the dense whole-region graph); the "
-        "server runs both in the Python backend with ONNX Runtime "
-        "(`wsi-export --runtime python-onnxruntime`)",
+        f"model: ResNet18-FCN, {weights}, exported to ONNX twice (the patch classifier and "
+        "the dense whole-region graph); the server runs both in the Python backend with ONNX "
+        f"Runtime (`wsi-export --runtime python-onnxruntime`){int8}",
         f"server: real tritonserver {machine['versions']['tritonserver']} started by "
         "LocalTritonServer, gRPC on localhost, same server for every measurement",
         f"perf_analyzer: exact requests are n regions of k = {k} with {plan.true_cells()} of "

@@ -46,6 +46,7 @@ class PerfResult:
         patches_per_s: Patches classified per second.
         p50_ms: Median client latency of a request.
         p99_ms: 99th percentile client latency.
+        precision: What the served model computes in (its repository's ``precision``).
     """
 
     model: str
@@ -55,6 +56,7 @@ class PerfResult:
     patches_per_s: float
     p50_ms: float
     p99_ms: float
+    precision: str = "fp32"
 
 
 def find_perf_analyzer() -> Path:

@@ -97,22 +97,33 @@ class Target:
         return f"MISS by {100 * (1 - self.measured / self.threshold):.1f} %"
 
 
-def best_perf(perf: Sequence[Mapping[str, Any]], model: str, batch: float) -> Mapping[str, Any]:
-    """The highest-throughput perf row of ``model`` at ``batch`` patches per request.
+def best_perf(
+    perf: Sequence[Mapping[str, Any]], model: str, batch: float, precision: str = "fp32"
+) -> Mapping[str, Any]:
+    """The highest-throughput perf row of ``model`` (``precision``) at ``batch`` patches per
+    request.
 
     Raises:
         BenchError: when there is none.
     """
-    rows = [r for r in perf if r["model"] == model and r["patches_per_request"] == batch]
+    rows = [
+        r
+        for r in perf
+        if r["model"] == model
+        and r["patches_per_request"] == batch
+        and r.get("precision", "fp32") == precision
+    ]
     if not rows:
         raise BenchError(f"no perf_analyzer result for {model} at {batch} patches/request")
     return max(rows, key=lambda r: float(r["patches_per_s"]))
 
 
 def evaluate_targets(results: Mapping[str, Any]) -> list[Target]:
-    """The targets from a results dict (see :func:`render_markdown`)."""
+    """The targets from a results dict (see :func:`render_markdown`); INT8 ones last."""
+    from wsi_bench.int8_report import int8_targets
+
     ways = {way["key"]: way for way in results["ways"]}
-    perf = results["perf"]
+    perf = [r for r in results["perf"] if r.get("precision", "fp32") == "fp32"]
     classifier, detector = results["models"]["classifier"], results["models"]["detector"]
     targets = []
     if "a" in ways and "b" in ways:
@@ -163,7 +174,7 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[Target]:
                 f"{b['patches'] / max(1, b['requests'] or 1):.0f} patches/request",
             )
         )
-    return targets
+    return targets + int8_targets(results)
 
 
 def _mib(value: float | None) -> str:
@@ -204,7 +215,7 @@ def render_markdown(results: Mapping[str, Any], targets: Sequence[Target], chart
     ]
     for t in targets:
         lines.append(
-            f"| {t.name} | {t.measured:.2f} | >= {t.threshold:.1f} | **{t.verdict}** | {t.detail} |"
+            f"| {t.name} | {t.measured:.2f} | >= {t.threshold:g} | **{t.verdict}** | {t.detail} |"
         )
     lines += [
         "",
@@ -214,15 +225,16 @@ def render_markdown(results: Mapping[str, Any], targets: Sequence[Target], chart
         "|---|---|---|---|---|---|---|",
     ]
     for r in results["perf"]:
+        model = r["model"] + (" (int8)" if r.get("precision", "fp32") != "fp32" else "")
         lines.append(
-            f"| {r['model']} | {r['patches_per_request']:g} | {r['concurrency']} | "
+            f"| {model} | {r['patches_per_request']:g} | {r['concurrency']} | "
             f"{r['inferences_per_s'] / (r['batch_size'] or 1):.2f} | {r['patches_per_s']:.1f} | "
             f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} |"
         )
     ways = results["ways"]
     lines += [
         "",
-        f"## One slide, four ways ({results['slide']['description']})",
+        f"## One slide, {len(ways)} ways ({results['slide']['description']})",
         "",
         "| way | patches | patch phase s | patches/s | process s | client CPU s | "
         "client peak RSS MiB | server peak RSS MiB | server CPU s | bytes sent | bytes/patch |",
@@ -241,7 +253,8 @@ def render_markdown(results: Mapping[str, Any], targets: Sequence[Target], chart
     lines += [f"- ({w['key']}) {w['label']}" for w in ways]
     lines += ["", "Ratios (patches/s of the patch phase; process wall time in brackets):", ""]
     by_key = {w["key"]: w for w in ways}
-    for num, den in (("b", "a"), ("b", "c"), ("d", "a"), ("d", "b")):
+    pairs = (("b", "a"), ("b", "c"), ("d", "a"), ("d", "b"), ("e", "b"), ("f", "d"), ("f", "a"))
+    for num, den in pairs:
         if num in by_key and den in by_key:
             n, d = by_key[num], by_key[den]
             lines.append(
@@ -277,6 +290,9 @@ def render_markdown(results: Mapping[str, Any], targets: Sequence[Target], chart
             + ". With random-init weights these figures say little; the accuracy benchmark "
             "(`make accuracy`) compares the modes on a trained model."
         )
+    from wsi_bench.int8_report import render_int8
+
+    lines += ["", *render_int8(results)]
     lines += [
         "",
         f"![throughput]({chart})",
@@ -308,7 +324,8 @@ def render_markdown(results: Mapping[str, Any], targets: Sequence[Target], chart
 
 
 def render_chart(results: Mapping[str, Any], path: Path) -> Path:
-    """Bar charts: perf_analyzer patches/s per point, and the three ways' patches/s."""
+    """Bar charts: perf_analyzer patches/s per point (FP32, and INT8 where measured), and
+    the ways' patches/s."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -317,24 +334,34 @@ def render_chart(results: Mapping[str, Any], path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=[2, 1])
     perf = results["perf"]
     points = sorted({(r["patches_per_request"], r["concurrency"]) for r in perf})
-    width = 0.4
     models = results["models"]
-    for offset, (model, colour) in enumerate(
-        ((models["classifier"], "#4c72b0"), (models["detector"], "#dd8452"))
-    ):
+    series = [
+        (model, precision, colour)
+        for precision, colours in (
+            ("fp32", ("#4c72b0", "#dd8452")),
+            ("int8", ("#8172b3", "#c44e52")),
+        )
+        for model, colour in zip((models["classifier"], models["detector"]), colours, strict=True)
+        if any(r["model"] == model and r.get("precision", "fp32") == precision for r in perf)
+    ]
+    width = 0.8 / max(1, len(series))
+    for offset, (model, precision, colour) in enumerate(series):
         values = [
             next(
                 (
                     r["patches_per_s"]
                     for r in perf
-                    if r["model"] == model and (r["patches_per_request"], r["concurrency"]) == p
+                    if r["model"] == model
+                    and r.get("precision", "fp32") == precision
+                    and (r["patches_per_request"], r["concurrency"]) == p
                 ),
                 0.0,
             )
             for p in points
         ]
-        xs = [i + (offset - 0.5) * width for i in range(len(points))]
-        left.bar(xs, values, width, label=model, color=colour)
+        xs = [i + (offset - (len(series) - 1) / 2) * width for i in range(len(points))]
+        label = model if precision == "fp32" else f"{model} (int8)"
+        left.bar(xs, values, width, label=label, color=colour)
     left.set_xticks(range(len(points)), [f"{p:g} p/req\nc={c}" for p, c in points])
     left.set_ylabel("patches/s")
     left.set_title("perf_analyzer")
@@ -343,9 +370,9 @@ def render_chart(results: Mapping[str, Any], path: Path) -> Path:
     right.bar(
         [f"({w['key']})" for w in ways],
         [w["patches_per_s"] for w in ways],
-        color=["#8c8c8c", "#dd8452", "#4c72b0", "#55a868"][: len(ways)],
+        color=["#8c8c8c", "#dd8452", "#4c72b0", "#55a868", "#c44e52", "#8172b3"][: len(ways)],
     )
-    right.set_title("one slide, four ways")
+    right.set_title(f"one slide, {len(ways)} ways")
     right.set_ylabel("patches/s")
     fig.suptitle(f"wsi-tumor on {results['machine']['cpu_model']}", fontsize=9)
     fig.tight_layout()

@@ -4,7 +4,8 @@
 (b) ``wsi-infer --mode exact`` through the ``tumor_detector`` ensemble (uint8 regions);
 (c) the client cutting FP32 patches itself for ``tumor_classifier``
     (:mod:`wsi_bench.patch_client`);
-(d) ``wsi-infer --mode dense``: whole regions through ``tumor_detector_dense``.
+(d) ``wsi-infer --mode dense``: whole regions through ``tumor_detector_dense``;
+(e), (f) the ways (b) and (d) on the INT8 repository (:mod:`wsi_bench.int8`).
 
 Client CPU seconds come from ``getrusage(RUSAGE_CHILDREN)`` around the child, the client's
 peak RSS from its own ``ru_maxrss`` (and the sampler), the server's peak RSS and CPU seconds
@@ -41,7 +42,7 @@ class WayResult:
     """One way's measurements.
 
     Attributes:
-        key: ``a``, ``b``, ``c`` or ``d``.
+        key: ``a`` to ``f``.
         label: What ran.
         process_s: Wall seconds of the whole process (imports, mask, outputs included).
         infer_s: Wall seconds of the patch phase (reading + classification).
@@ -54,6 +55,7 @@ class WayResult:
         stages_s: Client-side stage timings (summed over threads where they overlap).
         server_stats: Per model: requests, executions and queue/compute milliseconds.
         map_path: The probability map (.npy).
+        precision: What the network computed in (the slide JSON's ``model.precision``).
     """
 
     key: str
@@ -70,6 +72,7 @@ class WayResult:
     stages_s: dict[str, float] = field(default_factory=dict)
     server_stats: dict[str, dict[str, float]] = field(default_factory=dict)
     map_path: str = ""
+    precision: str | None = None
 
     @property
     def patches_per_s(self) -> float:
@@ -194,6 +197,7 @@ def run_baseline_way(
             "waiting for patches": float(report["read_wait_s"]),
         },
         map_path=str(map_path),
+        precision="fp32",
     )
 
 
@@ -201,6 +205,8 @@ CLIENT_WAYS = {
     "b": ("wsi_tumor.infer", ["--mode", "exact"], "uint8 regions -> tumor_detector ensemble"),
     "c": ("wsi_bench.patch_client", [], "client-cut FP32 patches -> tumor_classifier"),
     "d": ("wsi_tumor.infer", ["--mode", "dense"], "uint8 regions -> tumor_detector_dense"),
+    "e": ("wsi_tumor.infer", ["--mode", "exact"], "uint8 regions -> tumor_detector, INT8"),
+    "f": ("wsi_tumor.infer", ["--mode", "dense"], "uint8 regions -> tumor_detector_dense, INT8"),
 }
 """Key -> (module run as ``python -m``, extra flags, what goes on the wire)."""
 
@@ -215,7 +221,7 @@ def run_client_way(
     readers: int,
     inflight: int,
 ) -> WayResult:
-    """Way (b), (c) or (d) (see :data:`CLIENT_WAYS`): the client with ``--url``."""
+    """Way (b) to (f) (see :data:`CLIENT_WAYS`): the client with ``--url``."""
     module, flags, what = CLIENT_WAYS[key]
     url, server_pid = server.grpc_url, server.pid or 0
     out = workdir / f"{key}_out"
@@ -259,6 +265,7 @@ def run_client_way(
         },
         server_stats=stats,
         map_path=str(out / f"{slide.stem}.npy"),
+        precision=report.get("model", {}).get("precision"),
     )
 
 

@@ -98,6 +98,14 @@ MPP_TOLERANCE: Final = 0.10
 MODEL_MPP_PARAMETER: Final = "model_mpp"
 """Name of the repository config parameter that carries :data:`MODEL_MPP`."""
 
+# --- precision ------------------------------------------------------------------------------
+PRECISION_PARAMETER: Final = "precision"
+"""Repository config parameter of the networks and the ensemble: the arithmetic the served
+graph computes in (a fact of the export, read by the client and written to each slide JSON)."""
+PRECISIONS: Final = ("fp32", "fp16", "int8")
+"""Values of :data:`PRECISION_PARAMETER`: ONNX graphs are fp32 or int8 (QDQ); a TensorRT plan
+may also be fp16."""
+
 # --- Triton model repository ----------------------------------------------------------------
 CLASSIFIER_MODEL: Final = "tumor_classifier"
 TILER_MODEL: Final = "patch_tiler"

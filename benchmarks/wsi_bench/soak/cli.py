@@ -124,7 +124,7 @@ def measure(args: argparse.Namespace, slides: list[Path], repository: Path, work
 
 def run(args: argparse.Namespace, command: str) -> int:
     """The whole soak; returns the exit code."""
-    from wsi_bench.cli import synth_and_export
+    from wsi_bench.prepare import synth_and_export
     from wsi_bench.soak.report import readme_table, summarize, verdict, write_reports
 
     args.duration_s = args.duration_s or (60.0 if args.quick else 600.0)

@@ -18,15 +18,18 @@ the bare classifier) in :mod:`wsi_bench.patch_client`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
-import tritonclient.grpc as grpcclient
 
 from wsi_tumor import contract
 from wsi_tumor.errors import ServerError
 from wsi_tumor.serving.limits import max_regions_per_request
+
+if TYPE_CHECKING:  # tritonclient is imported where a request is built, so that the package's
+    # planning code (grid, config) runs where it is not installed (the GPU image)
+    import tritonclient.grpc as grpcclient
 
 TensorSpec = tuple[str, list[int | None]]
 """(datatype, shape) a model must declare for a tensor; None = any size (the batch)."""
@@ -98,6 +101,8 @@ class Endpoint:
             regions: UINT8 [N, H, W, 3].
             cell_mask: BOOL [N, k, k].
         """
+        import tritonclient.grpc as grpcclient
+
         image = grpcclient.InferInput(contract.REGIONS_TENSOR, list(regions.shape), "UINT8")
         image.set_data_from_numpy(regions)
         mask = grpcclient.InferInput(contract.CELL_MASK_TENSOR, list(cell_mask.shape), "BOOL")

@@ -145,6 +145,15 @@ class ServerPool:
             log.warning("%s: left out of the pool: %s", server.url, error)
             return
         info = task.result()
+        first = self.info.precision if self.info is not None else info.precision
+        if info.precision != first:
+            log.error(
+                "%s: serves %s weights, the pool %s: left out (one map, one precision)",
+                server.url,
+                info.precision,
+                first,
+            )
+            return
         limit = info.max_regions
         if limit is not None and self.regions_per_request and limit < self.regions_per_request:
             log.error(

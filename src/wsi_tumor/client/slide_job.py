@@ -179,7 +179,11 @@ class SlideJob:
                 "cells": stats.damaged_cells,
                 "left_out": stats.damaged,
             },
-            "model": {"name": info.name, "versions": list(info.versions)},
+            "model": {
+                "name": info.name,
+                "versions": list(info.versions),
+                "precision": info.precision,
+            },
             "servers": answered_delta(answered_before, transport.answered()),
             "counts": {
                 "tissue_cells": tissue_cells,

@@ -83,7 +83,8 @@ class ModelInfo:
         versions: Versions the server reports.
         max_batch_size: The ensemble's ``max_batch_size`` (0: no batch dimension).
         max_regions: Most regions one request may carry (None: no limit from the config).
-        parameters: The model config's string parameters (e.g. ``model_mpp``).
+        parameters: The model config's string parameters (e.g. ``model_mpp``,
+            ``precision``).
     """
 
     name: str
@@ -115,6 +116,24 @@ class ModelInfo:
                 f"model {self.name!r}: parameter {contract.MODEL_MPP_PARAMETER} = {value!r} "
                 "is not a number"
             ) from None
+
+    @property
+    def precision(self) -> str | None:
+        """What the served graph computes in (its ``precision`` parameter: fp32, fp16, int8);
+        None for a repository exported before the parameter existed.
+
+        Raises:
+            ModelMismatchError: when the parameter holds another value.
+        """
+        value = self.parameters.get(contract.PRECISION_PARAMETER)
+        if not value:
+            return None
+        if value not in contract.PRECISIONS:
+            raise ModelMismatchError(
+                f"model {self.name!r}: parameter {contract.PRECISION_PARAMETER} = {value!r} is "
+                f"not one of {', '.join(contract.PRECISIONS)}"
+            )
+        return value
 
 
 def _channel_args() -> list[tuple[str, Any]]:

@@ -33,6 +33,7 @@ class MapAgreement:
         mean_abs_diff: Mean |a - b|.
         pearson: Pearson correlation (nan when either map is constant there).
         decision_agreement: Share of cells on the same side of 0.5 in both maps.
+        flipped: Cells on the other side of 0.5 in ``b`` than in ``a``.
     """
 
     cells: int
@@ -40,6 +41,7 @@ class MapAgreement:
     mean_abs_diff: float
     pearson: float
     decision_agreement: float
+    flipped: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready values."""
@@ -76,6 +78,7 @@ def map_agreement(
         mean_abs_diff=float(diff.mean()),
         pearson=pearson,
         decision_agreement=float(same.mean()),
+        flipped=int((~same).sum()),
     )
 
 

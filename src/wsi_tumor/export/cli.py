@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -18,11 +18,10 @@ import numpy.typing as npt
 from wsi_tumor import contract
 from wsi_tumor.commandline import EXIT_OK, add_logging_flags, make_parser, run_command
 from wsi_tumor.errors import ConfigError
+from wsi_tumor.export.calibration import DEFAULT_PATCHES, DEFAULT_REGIONS, CalibrationSet
+from wsi_tumor.export.quantize import DEFAULT_METHOD, METHODS, QuantSettings
 
 log = logging.getLogger(__name__)
-
-CALIBRATION_PATCHES = 512
-"""Patches sampled from the parity slide to calibrate an INT8 plan."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,12 @@ class ExportConfig:
     parity_patches: int = 32
     tolerance: float | None = None
     instance_kind: str = "auto"
+    calibration: Path | None = None
+    calibration_patches: int = DEFAULT_PATCHES
+    calibration_regions: int = DEFAULT_REGIONS
+    calibration_method: str = DEFAULT_METHOD
+    reduce_range: bool = QuantSettings.reduce_range
+    quiet: bool = True
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ class ExportResult:
     onnx_max_diff: float
     dense_max_diff: float
     plan_max_diff: float | None
+    precision: str = "fp32"
+    int8: dict[str, Any] | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=("fp32", "fp16", "int8"),
         default="fp32",
-        help="TensorRT precision (ONNX is always fp32; the dense plan is at most fp16)",
+        help="fp32, or int8: both networks statically quantised (QDQ) on --calibration "
+        "slides, for ONNX Runtime and for a TensorRT plan alike; fp16: TensorRT only",
     )
+    _add_calibration_flags(parser)
     parser.add_argument(
         "--runtime",
         default="auto",
@@ -96,11 +105,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance",
         type=float,
         default=None,
-        help="max |probability diff|: default 1e-4 ONNX vs torch; TensorRT vs "
-        "ONNX 1e-3 fp32, 1e-2 fp16, 5e-2 int8",
+        help="max |probability diff| of the last check: ONNX vs torch (default 1e-4), "
+        "INT8 vs FP32 ONNX (0.1), TensorRT vs FP32 ONNX (1e-3 fp32, 1e-2 fp16, 5e-2 int8)",
     )
     add_logging_flags(parser, verbose=False)
     return parser
+
+
+def _add_calibration_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="INT8 calibration slides: a wsi-synth dataset (its training split), a folder "
+        "of slides or one slide; tissue patches and regions are drawn from them",
+    )
+    parser.add_argument("--calibration-patches", type=int, default=DEFAULT_PATCHES)
+    parser.add_argument("--calibration-regions", type=int, default=DEFAULT_REGIONS)
+    parser.add_argument("--calibration-method", choices=METHODS, default=DEFAULT_METHOD)
+    parser.add_argument(
+        "--reduce-range",
+        action=argparse.BooleanOptionalAction,
+        default=QuantSettings.reduce_range,
+        help="7-bit weights in the ONNX Runtime graph: exact on x86 CPUs without VNNI, "
+        "whose INT8 kernels saturate on 8-bit weights (docs/int8.md)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ExportConfig:
@@ -109,8 +138,20 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
     Raises:
         ConfigError: on contradictory or out-of-range flags.
     """
-    if args.format == "onnx" and args.precision != "fp32":
-        raise ConfigError(f"--precision {args.precision} needs --format tensorrt")
+    if args.format == "onnx" and args.precision == "fp16":
+        raise ConfigError("--precision fp16 needs --format tensorrt")
+    if args.runtime == "python-torch" and args.precision != "fp32":
+        raise ConfigError(
+            "--runtime python-torch picks its own precision (FP16 on GPU instances, FP32 on "
+            "the CPU): leave --precision at fp32"
+        )
+    if args.precision == "int8" and args.calibration is None:
+        raise ConfigError(
+            "--precision int8 needs --calibration (training slides: a wsi-synth dataset, a "
+            "folder of slides or a slide)"
+        )
+    if args.calibration_patches < 1 or args.calibration_regions < 1:
+        raise ConfigError("--calibration-patches and --calibration-regions must be >= 1")
     if args.parity_patches < 1:
         raise ConfigError(f"--parity-patches must be >= 1, got {args.parity_patches}")
     if args.tolerance is not None and not args.tolerance > 0:
@@ -125,6 +166,12 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
         parity_patches=args.parity_patches,
         tolerance=args.tolerance,
         instance_kind=args.instance_kind,
+        calibration=args.calibration,
+        calibration_patches=args.calibration_patches,
+        calibration_regions=args.calibration_regions,
+        calibration_method=args.calibration_method,
+        reduce_range=args.reduce_range,
+        quiet=args.quiet,
     )
 
 
@@ -158,6 +205,7 @@ def run_export(config: ExportConfig) -> ExportResult:
 
         require_tensorrt()  # fail before any slow work
     model = load_model(config.checkpoint)
+    calibration = _calibration_set(config) if config.precision == "int8" else None
     repository = config.repository.resolve()
     repository.mkdir(parents=True, exist_ok=True)
     if runtime == "python-torch":  # PyTorch weights, no ONNX graph
@@ -172,7 +220,8 @@ def run_export(config: ExportConfig) -> ExportResult:
             config.tolerance,
         )  # onnx_path: model.pt; plan_max_diff: the GPU's FP16 session vs FP32
         return ExportResult(runtime, done.weights, None, "torch", *done[1:])
-    onnx_tol = (config.tolerance if config.format == "onnx" else None) or parity.FP32_TOLERANCE
+    own_tolerance = config.format == "onnx" and config.precision == "fp32"
+    onnx_tol = (config.tolerance if own_tolerance else None) or parity.FP32_TOLERANCE
     # Staged beside (not inside) the repository: Triton would take a folder in it for a model.
     with tempfile.TemporaryDirectory(prefix=".wsi-export-", dir=repository.parent) as tmp:
         staged = Path(tmp)
@@ -199,20 +248,81 @@ def run_export(config: ExportConfig) -> ExportResult:
             )
             for pixels, mask in regions
         )
+        int8 = None
+        if calibration is not None:
+            int8 = _quantise(config, calibration, staged, inputs, regions)
         plan_diff = None
         if config.format == "tensorrt":
             plan_diff = _build_plans(config, staged, inputs, onnx_probs, regions)
+        if int8 is not None:
+            from wsi_tumor.export.int8 import install_int8
+
+            install_int8(staged, int8)
         for model_dir in (classifier, dense):
             version_dir = repository / model_dir.name / VERSION
             version_dir.mkdir(parents=True, exist_ok=True)
             for weights in sorted(model_dir.iterdir()):
                 os.replace(weights, version_dir / weights.name)
-    write_repository(repository, runtime)
+    if int8 is None:  # no INT8 record of an earlier export stays beside FP32 weights
+        for model_dir in (classifier, dense):
+            _drop_int8_files(repository / model_dir.name / VERSION)
+    write_repository(repository, runtime, config.precision)
     version_dir = repository / contract.CLASSIFIER_MODEL / VERSION
     plan_path = version_dir / PLAN_FILE if config.format == "tensorrt" else None
     return ExportResult(
-        runtime, version_dir / ONNX_FILE, plan_path, exporter, onnx_diff, dense_diff, plan_diff
+        runtime,
+        version_dir / ONNX_FILE,
+        plan_path,
+        exporter,
+        onnx_diff,
+        dense_diff,
+        plan_diff,
+        config.precision,
+        int8,
     )
+
+
+def _calibration_set(config: ExportConfig) -> CalibrationSet:
+    """The calibration patches and regions of ``config.calibration`` (read before the slow
+    export work, so an empty or tissueless set stops the export at once)."""
+    from wsi_tumor.export.calibration import CalibrationConfig, read_calibration_set
+
+    if config.calibration is None:
+        raise ConfigError("--precision int8 needs --calibration")
+    return read_calibration_set(
+        CalibrationConfig(
+            config.calibration, config.calibration_patches, config.calibration_regions
+        ),
+        quiet=config.quiet,
+    )
+
+
+def _quantise(
+    config: ExportConfig,
+    calibration: CalibrationSet,
+    staged: Path,
+    inputs: npt.NDArray[np.float32],
+    regions: list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]],
+) -> dict[str, Any]:
+    """Stage both INT8 graphs calibrated on ``calibration`` (see export.int8)."""
+    from wsi_tumor.export.int8 import INT8_TOLERANCE, ParityInputs, quantise_networks
+
+    tolerance = (config.tolerance if config.format == "onnx" else None) or INT8_TOLERANCE
+    return quantise_networks(
+        staged,
+        calibration,
+        QuantSettings(method=config.calibration_method, reduce_range=config.reduce_range),
+        ParityInputs(inputs, regions),
+        tensorrt=config.format == "tensorrt",
+        tolerance=tolerance,
+    )
+
+
+def _drop_int8_files(version_dir: Path) -> None:
+    from wsi_tumor.export.int8 import RANGES_FILE, RECORD_FILE
+
+    for name in (RANGES_FILE, RECORD_FILE):
+        (version_dir / name).unlink(missing_ok=True)
 
 
 def _build_plans(
@@ -224,6 +334,7 @@ def _build_plans(
 ) -> float:
     """Build and check both TensorRT plans in ``staged``; return the worst |diff|."""
     from wsi_tumor.export import parity
+    from wsi_tumor.export.int8 import TENSORRT_QDQ_FILE
     from wsi_tumor.export.tensorrt_build import (
         Precision,
         build_plan,
@@ -236,24 +347,14 @@ def _build_plans(
 
     classifier, dense = staged / contract.CLASSIFIER_MODEL, staged / contract.DENSE_MODEL
     precision = cast(Precision, config.precision)
-    calibration = None
-    if precision == "int8":
-        calibration = parity.to_network_input(
-            parity.sample_patches(config.parity_slide, CALIBRATION_PATCHES, seed=1)
-        )
+    source = TENSORRT_QDQ_FILE if precision == "int8" else ONNX_FILE  # explicit quantisation
     build_plan(
-        classifier / ONNX_FILE,
+        classifier / source,
         classifier / PLAN_FILE,
         precision,
         classifier_profile(MAX_PATCHES_PER_REQUEST),
-        calibration=calibration,
     )
-    dense_precision: Precision = "fp16" if precision == "int8" else precision
-    if dense_precision != precision:
-        log.info("the dense plan is built in fp16 (INT8 calibration covers the classifier)")
-    build_plan(
-        dense / ONNX_FILE, dense / PLAN_FILE, dense_precision, dense_profile(DENSE_MAX_REGIONS)
-    )
+    build_plan(dense / source, dense / PLAN_FILE, precision, dense_profile(DENSE_MAX_REGIONS))
     tolerance = config.tolerance or parity.TENSORRT_TOLERANCE[config.precision]
     diffs = [
         parity.check_parity(
@@ -280,7 +381,7 @@ def _build_plans(
                     (cells, cells),
                 ),
                 tolerance,
-                f"TensorRT {dense_precision} vs ONNX Runtime (dense, k = {cells})",
+                f"TensorRT {precision} vs ONNX Runtime (dense, k = {cells})",
             )
         )
     return max(diffs)

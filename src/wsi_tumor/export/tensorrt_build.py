@@ -44,35 +44,6 @@ def require_tensorrt() -> Any:
     return tensorrt
 
 
-def _calibrator_class(trt: Any) -> type:
-    class PatchCalibrator(trt.IInt8EntropyCalibrator2):
-        """Feeds normalised slide patches to INT8 calibration, one batch at a time."""
-
-        def __init__(self, inputs: npt.NDArray[np.float32], batch: int, cache: Path) -> None:
-            super().__init__()
-            self.inputs, self.batch, self.cache, self.index = inputs, batch, cache, 0
-            self.device = torch.empty((batch, *inputs.shape[1:]), device="cuda")
-
-        def get_batch_size(self) -> int:
-            return self.batch
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            if self.index + self.batch > len(self.inputs):
-                return None
-            chunk = self.inputs[self.index : self.index + self.batch]
-            self.device.copy_(torch.from_numpy(chunk))
-            self.index += self.batch
-            return [int(self.device.data_ptr())]
-
-        def read_calibration_cache(self) -> bytes | None:
-            return self.cache.read_bytes() if self.cache.exists() else None
-
-        def write_calibration_cache(self, cache: bytes) -> None:
-            self.cache.write_bytes(bytes(cache))
-
-    return PatchCalibrator
-
-
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]
 """Per input: the (min, opt, max) shapes of one optimisation profile."""
@@ -105,28 +76,50 @@ def dense_profile(max_regions: int, opt_cells: int = contract.DENSE_REGION_CELLS
     }
 
 
+def builder_flags(precision: Precision, onnx_path: Path) -> tuple[str, ...]:
+    """The ``trt.BuilderFlag`` names a plan of ``precision`` is built with from ``onnx_path``.
+
+    INT8 is explicit quantisation: the graph must be a QDQ graph (its Q/DQ nodes carry the
+    calibrated scales, :mod:`wsi_tumor.export.quantize`), so no calibrator is set; FP16 is
+    allowed too, for the float layers around the quantised backbone (normalisation, head).
+
+    Raises:
+        ExportError: for ``int8`` on a graph without Q/DQ nodes (or a QDQ graph otherwise).
+    """
+    from wsi_tumor.serving.precision import graph_precision
+
+    quantised = graph_precision(onnx_path) == "int8"
+    if precision == "int8" and not quantised:
+        raise ExportError(
+            f"{onnx_path}: an INT8 plan needs a QDQ graph (explicit quantisation); this one "
+            "has no QuantizeLinear/DequantizeLinear node"
+        )
+    if precision != "int8" and quantised:
+        raise ExportError(f"{onnx_path}: a {precision} plan cannot be built from a QDQ graph")
+    return {"fp32": (), "fp16": ("FP16",), "int8": ("FP16", "INT8")}[precision]
+
+
 def build_plan(
     onnx_path: Path,
     plan_path: Path,
     precision: Precision,
     profile: Profile,
-    calibration: npt.NDArray[np.float32] | None = None,
 ) -> Path:
     """Build ``plan_path`` with one optimisation profile.
 
     Args:
-        onnx_path: The exported graph (dynamic shapes).
+        onnx_path: The exported graph (dynamic shapes); for ``int8`` the symmetric QDQ graph
+            of :func:`wsi_tumor.export.quantize.quantize_graph` (target ``tensorrt``).
         plan_path: Where to write the serialized engine.
-        precision: fp32, fp16, or int8 (INT8 with FP16 fallback, entropy calibration of a
-            single-input network such as the classifier).
+        precision: fp32, fp16, or int8 (explicit quantisation, FP16 elsewhere).
         profile: (min, opt, max) shape per input (:func:`classifier_profile`,
             :func:`dense_profile`).
-        calibration: The single input's calibration batches (INT8 only).
 
     Raises:
-        ExportError: without tensorrt/GPU, on parser errors, missing calibration data or a
-            failed build.
+        ExportError: without tensorrt/GPU, on parser errors, a graph of the wrong kind for
+            ``precision`` (:func:`builder_flags`) or a failed build.
     """
+    flags = builder_flags(precision, onnx_path)
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -141,16 +134,8 @@ def build_plan(
     for name, (low, opt, high) in profile.items():
         optimisation.set_shape(name, low, opt, high)
     config.add_optimization_profile(optimisation)
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        if calibration is None or len(calibration) == 0 or len(profile) != 1:
-            raise ExportError("--precision int8 needs calibration data for a single-input network")
-        batch = min(32, len(calibration))
-        cache = plan_path.with_suffix(".calibration")
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = _calibrator_class(trt)(calibration, batch, cache)
-        config.set_calibration_profile(optimisation)
+    for flag in flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
     log.info("building a %s TensorRT plan %s from %s", precision, plan_path.name, onnx_path)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

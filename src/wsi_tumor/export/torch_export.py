@@ -147,7 +147,7 @@ def export_torch(
             copy = Path(tmp) / f"{name}.pt"
             copy.write_bytes(staged.read_bytes())
             os.replace(copy, version_dir / TORCH_FILE)
-    write_repository(repository, "python-torch", gpu=gpu)
+    write_repository(repository, "python-torch", "fp16" if gpu else "fp32", gpu=gpu)
     weights = repository / contract.CLASSIFIER_MODEL / VERSION / TORCH_FILE
     log.info("python-torch: %s instances", "GPU" if gpu else "CPU")
     return TorchExport(weights, classifier_diff, dense_diff, gpu_diff)

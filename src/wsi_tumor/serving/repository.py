@@ -108,10 +108,19 @@ def _model_mpp(config: Any) -> None:
     config.parameters[contract.MODEL_MPP_PARAMETER].string_value = repr(contract.MODEL_MPP)
 
 
+def _precision(config: Any, precision: str) -> None:
+    if precision not in contract.PRECISIONS:
+        raise ExportError(
+            f"unknown precision {precision!r}; choose one of {', '.join(contract.PRECISIONS)}"
+        )
+    config.parameters[contract.PRECISION_PARAMETER].string_value = precision
+
+
 def render_classifier_config(
     runtime: Runtime = COMMITTED_RUNTIME,
     max_batch_size: int = MAX_PATCHES_PER_REQUEST,
     gpu: bool = False,
+    precision: str = "fp32",
 ) -> str:
     """config.pbtxt of ``tumor_classifier`` for ``runtime``.
 
@@ -121,9 +130,10 @@ def render_classifier_config(
             "python-torch" (Python backend running model.pt with PyTorch).
         max_batch_size: The batch limit; a TensorRT plan's profile must reach it.
         gpu: ``python-torch`` on GPU instances (else CPU ones).
+        precision: The ``precision`` parameter (fp32, fp16 or int8): what the weights are.
 
     Raises:
-        ExportError: on an unknown runtime or a non-positive batch size.
+        ExportError: on an unknown runtime or precision, or a non-positive batch size.
     """
     if max_batch_size < 1:
         raise ExportError(f"tumor_classifier max_batch_size must be >= 1, got {max_batch_size}")
@@ -134,6 +144,7 @@ def render_classifier_config(
     preferred = [b for b in PREFERRED_BATCH_SIZES if b <= max_batch_size] or [max_batch_size]
     config.dynamic_batching.preferred_batch_size.extend(preferred)
     config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
+    _precision(config, precision)
     warmup = config.model_warmup.add(name="one_zero_patch", batch_size=1)
     patches = warmup.inputs[contract.PATCHES_TENSOR]
     patches.data_type, patches.zero_data = _pb().TYPE_FP32, True
@@ -142,14 +153,17 @@ def render_classifier_config(
 
 
 def render_dense_config(
-    runtime: Runtime = COMMITTED_RUNTIME, max_batch_size: int = DENSE_MAX_REGIONS, gpu: bool = False
+    runtime: Runtime = COMMITTED_RUNTIME,
+    max_batch_size: int = DENSE_MAX_REGIONS,
+    gpu: bool = False,
+    precision: str = "fp32",
 ) -> str:
     """config.pbtxt of ``tumor_detector_dense``: regions + cell mask -> grid, batching regions.
 
     ``gpu``: ``python-torch`` on GPU instances (else CPU ones).
 
     Raises:
-        ExportError: on an unknown runtime or a non-positive batch size.
+        ExportError: on an unknown runtime or precision, or a non-positive batch size.
     """
     if max_batch_size < 1:
         raise ExportError(f"{contract.DENSE_MODEL} max_batch_size must be >= 1")
@@ -160,6 +174,7 @@ def render_dense_config(
     _add_tensor(config.output, contract.GRID_TENSOR, "TYPE_FP32", [-1, -1])
     config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
     _model_mpp(config)
+    _precision(config, precision)
     side = contract.region_size(contract.DENSE_MIN_CELLS)
     warmup = config.model_warmup.add(name="one_zero_region", batch_size=1)
     regions = warmup.inputs[contract.REGIONS_TENSOR]
@@ -192,8 +207,9 @@ def render_assembler_config() -> str:
     return _text(config)
 
 
-def render_ensemble_config() -> str:
-    """config.pbtxt of the ensemble ``tumor_detector`` (identical for every runtime)."""
+def render_ensemble_config(precision: str = "fp32") -> str:
+    """config.pbtxt of the ensemble ``tumor_detector`` (identical for every runtime; its
+    ``precision`` parameter is the classifier's, for the client)."""
     regions, mask = contract.REGIONS_TENSOR, contract.CELL_MASK_TENSOR
     patches, probs = contract.PATCHES_TENSOR, contract.PROBABILITIES_TENSOR
     config = _pb().ModelConfig(name=contract.ENSEMBLE_MODEL, platform="ensemble")
@@ -201,6 +217,7 @@ def render_ensemble_config() -> str:
     _add_tensor(config.input, mask, "TYPE_BOOL", [-1, -1, -1])
     _add_tensor(config.output, contract.GRID_TENSOR, "TYPE_FP32", [-1, -1, -1])
     _model_mpp(config)
+    _precision(config, precision)
     for model, inputs, outputs in (
         (contract.TILER_MODEL, [regions, mask], [patches]),
         (contract.CLASSIFIER_MODEL, [patches], [probs]),
@@ -231,16 +248,27 @@ def model_source(model: str, runtime: str = COMMITTED_RUNTIME) -> str:
     )
 
 
-def render_repository(runtime: Runtime = COMMITTED_RUNTIME, gpu: bool = False) -> dict[str, str]:
-    """Every committed file of the repository: relative path -> text (``gpu``: python-torch's
-    networks on GPU instances)."""
-    classifier = render_classifier_config(runtime, gpu=gpu)
+def render_repository(
+    runtime: Runtime = COMMITTED_RUNTIME, precision: str = "fp32", gpu: bool = False
+) -> dict[str, str]:
+    """Every committed file of the repository: relative path -> text.
+
+    Args:
+        runtime: The networks' runtime.
+        precision: What the exported weights compute in (the ``precision`` parameter of
+            both networks and the ensemble).
+        gpu: ``python-torch``'s networks on GPU instances.
+    """
     files = {
-        f"{contract.CLASSIFIER_MODEL}/config.pbtxt": classifier,
-        f"{contract.DENSE_MODEL}/config.pbtxt": render_dense_config(runtime, gpu=gpu),
+        f"{contract.CLASSIFIER_MODEL}/config.pbtxt": render_classifier_config(
+            runtime, gpu=gpu, precision=precision
+        ),
+        f"{contract.DENSE_MODEL}/config.pbtxt": render_dense_config(
+            runtime, gpu=gpu, precision=precision
+        ),
         f"{contract.TILER_MODEL}/config.pbtxt": render_tiler_config(),
         f"{contract.ASSEMBLER_MODEL}/config.pbtxt": render_assembler_config(),
-        f"{contract.ENSEMBLE_MODEL}/config.pbtxt": render_ensemble_config(),
+        f"{contract.ENSEMBLE_MODEL}/config.pbtxt": render_ensemble_config(precision),
         f"{contract.ENSEMBLE_MODEL}/{VERSION}/.gitkeep": "",
     }
     for model in (contract.TILER_MODEL, contract.ASSEMBLER_MODEL):
@@ -254,7 +282,10 @@ def render_repository(runtime: Runtime = COMMITTED_RUNTIME, gpu: bool = False) -
 
 
 def write_repository(
-    root: Path, runtime: Runtime = COMMITTED_RUNTIME, gpu: bool = False
+    root: Path,
+    runtime: Runtime = COMMITTED_RUNTIME,
+    precision: str = "fp32",
+    gpu: bool = False,
 ) -> list[Path]:
     """Write the rendered files under ``root`` and drop the adapters of another runtime.
 
@@ -266,7 +297,7 @@ def write_repository(
         The written paths.
     """
     written = []
-    for relative, text in render_repository(runtime, gpu).items():
+    for relative, text in render_repository(runtime, precision, gpu).items():
         path = Path(root) / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
@@ -277,7 +308,13 @@ def write_repository(
         if stale.exists():
             log.info("removing %s (not used by runtime %s)", stale, runtime)
             stale.unlink()
-    log.info("wrote %d repository files under %s (runtime %s)", len(written), root, runtime)
+    log.info(
+        "wrote %d repository files under %s (runtime %s, %s)",
+        len(written),
+        root,
+        runtime,
+        precision,
+    )
     return written
 
 

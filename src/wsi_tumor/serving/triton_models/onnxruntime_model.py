@@ -16,7 +16,9 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
+from wsi_tumor import contract
 from wsi_tumor.serving.onnx_session import Inputs, Session, build_session, run_batched, validated
+from wsi_tumor.serving.precision import check_graph_precision
 from wsi_tumor.serving.triton_models.responses import error_response
 
 
@@ -38,8 +40,15 @@ class OnnxRuntimeModel:
     def open_session(
         self, version_dir: Path, parameters: dict[str, str], kind: str, device_id: int
     ) -> Session:
-        """The ONNX file named by the ``onnx_file`` parameter (CUDA on GPU instances)."""
-        return build_session(version_dir / parameters["onnx_file"], kind, device_id)
+        """The ONNX file named by the ``onnx_file`` parameter (CUDA on GPU instances).
+
+        The graph must be of the precision the ``precision`` parameter states (fp32 when
+        absent): a repository whose parameter and weights disagree fails to load, with one
+        line naming both.
+        """
+        path = version_dir / parameters["onnx_file"]
+        check_graph_precision(path, parameters.get(contract.PRECISION_PARAMETER, ""))
+        return build_session(path, kind, device_id)
 
     def request_inputs(self, request: Any) -> Inputs:
         """The validated input tensors of one request (raise RequestError when malformed)."""
