@@ -7,7 +7,7 @@ ACCURACY_ARGS ?=
 SOAK_ARGS ?=
 GPU_PROBE_ARGS ?=
 
-.PHONY: setup test lint demo bench accuracy soak gpu-probe clean
+.PHONY: setup test lint demo bench accuracy accuracy-ablation soak gpu-probe clean
 
 setup:
 	@bash scripts/setup.sh
@@ -28,6 +28,9 @@ bench: setup
 
 accuracy: setup
 	$(PYTHON) benchmarks/run_accuracy.py $(ACCURACY_ARGS)
+
+accuracy-ablation: setup
+	$(PYTHON) benchmarks/run_accuracy.py --ablation $(ACCURACY_ARGS)
 
 soak: setup
 	$(PYTHON) benchmarks/run_soak.py $(SOAK_ARGS)

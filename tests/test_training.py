@@ -106,6 +106,52 @@ def test_train_augmentation_draws_per_patch() -> None:
     assert len({tuple(p.flatten()[:64].tolist()) for p in out}) == 9  # nine independent draws
 
 
+def _he_tile() -> torch.Tensor:
+    """A (3, 64, 64) uint8 tile of real H&E tissue (the committed Aperio sample)."""
+    from wsi_tumor.slide import open_slide
+
+    svs = Path(__file__).parent / "data" / "real" / "aperio" / "CMU-1-Small-Region.svs"
+    with open_slide(svs) as slide:
+        rgb = slide.read_region((1000, 1000), (64, 64), 0)
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+def test_hed_jitter_is_skimage_colour_deconvolution_scaled() -> None:
+    from skimage.color import hed2rgb, rgb2hed
+
+    from wsi_tumor.training.transforms import HedJitter
+
+    tile = _he_tile()
+    jitter = HedJitter("strong")
+    jitter.scale, jitter.shift = 0.0, 0.0
+    # no change: the same pixels to float32 rounding (and a 0 read as 1)
+    torch.testing.assert_close(jitter(tile).int(), tile.int(), atol=1, rtol=0)
+    torch.manual_seed(5)
+    out = HedJitter("strong")(tile)
+    torch.manual_seed(5)
+    a = 1.0 + 0.2 * (2.0 * torch.rand(3, dtype=torch.float64) - 1.0)
+    b = 0.05 * (2.0 * torch.rand(3, dtype=torch.float64) - 1.0)
+    # scikit-image's own deconvolution (its OD is ln scaled by ln(1e-6), hence b's scaling)
+    rgb = tile.numpy().transpose(1, 2, 0)
+    hed = rgb2hed(rgb) * a.numpy() + b.numpy() / -np.log(1e-6)
+    expected = np.clip(hed2rgb(hed) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    valid = (rgb2hed(rgb) > 0).all(axis=-1) & (rgb > 0).all(axis=-1)  # skimage clips at 0
+    diff = np.abs(out.numpy().transpose(1, 2, 0).astype(int) - expected.astype(int))
+    assert valid.mean() > 0.5 and diff[valid].max() <= 1
+
+
+def test_stain_strengths_perturb_more_as_asked() -> None:
+    from wsi_tumor.training.transforms import HedJitter
+
+    tile = _he_tile()
+    change = {}
+    for strength in ("light", "strong"):
+        torch.manual_seed(0)
+        outs = [HedJitter(strength)(tile) for _ in range(20)]
+        change[strength] = float(np.mean([(o.float() - tile.float()).abs().mean() for o in outs]))
+    assert 0 < change["light"] < change["strong"]
+
+
 def test_zoom_keep_size() -> None:
     patch = torch.arange(224 * 224, dtype=torch.float32).reshape(1, 224, 224)
     torch.testing.assert_close(zoom_keep_size(patch, 1.0), patch)

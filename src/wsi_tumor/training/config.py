@@ -17,6 +17,7 @@ from wsi_tumor.errors import ConfigError
 from wsi_tumor.fileio import write_text
 from wsi_tumor.slide import READER_CHOICES
 from wsi_tumor.training.grid import GRID_SPLITS, OBJECTIVES, GridSplit, Objective
+from wsi_tumor.training.transforms import STAIN_STRENGTHS
 
 DEVICES: Final = ("auto", "cpu", "cuda")
 TRAIN_CSV: Final = "training.csv"
@@ -64,6 +65,13 @@ class TrainConfig:
         "with --objective mixed: weight of the squared difference between the whole region's "
         "logits and its patches' at the labelled cells, pulling the dense map onto the exact "
         "one (0: off)",
+    )
+    stain_augment: str = option(
+        "none",
+        "HED stain augmentation before the bundle's ColorJitter: perturb each patch's "
+        "haematoxylin, eosin and DAB concentrations in optical-density space (light: scale "
+        "+-5 %%, strong: +-20 %%; see docs/training.md)",
+        choices=STAIN_STRENGTHS,
     )
     resume: Path | None = option(None, "training checkpoint to continue from")
     init_from: Path | None = option(None, "weights to start from (ours or the bundle's model.pt)")
@@ -176,6 +184,7 @@ def _validate(values: dict[str, Any], source: str) -> None:
         ("device", DEVICES),
         ("grid_split", get_args(GridSplit)),
         ("objective", OBJECTIVES),
+        ("stain_augment", STAIN_STRENGTHS),
     ):
         if values[name] not in choices:
             raise ConfigError(f"{source}: {name} must be one of {choices}, got {values[name]!r}")

@@ -79,6 +79,7 @@ class GridPatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         split: Patch placement inside the region (see :data:`wsi_tumor.training.grid.GridSplit`).
         objective: What an item holds (see :data:`wsi_tumor.training.grid.Objective`); the
             dense crop needs the ``centre`` split.
+        stain: Stain augmentation of training items (``none``, ``light``, ``strong``).
     """
 
     def __init__(
@@ -89,6 +90,7 @@ class GridPatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         train: bool,
         split: GridSplit = "centre",
         objective: Objective = "patch",
+        stain: str = "none",
     ) -> None:
         if objective != "patch" and split != "centre":
             raise DatasetError(f"the {objective} objective needs --grid-split centre")
@@ -103,8 +105,8 @@ class GridPatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.train = train
         self.split: GridSplit = split
         self.objective: Objective = objective
-        self.augment = TrainAugment() if train else None
-        self.region_augment = RegionAugment() if train else None
+        self.augment = TrainAugment(stain) if train else None
+        self.region_augment = RegionAugment(stain) if train else None
         self._readers: dict[str, SlideReader] = {}
 
     def __len__(self) -> int:
@@ -160,6 +162,7 @@ def load_dataset(
     slide_size: SlideSizeFn | None = None,
     mpp: float | None = None,
     objective: Objective = "patch",
+    stain: str = "none",
 ) -> GridPatchDataset:
     """Read and check a label CSV, then build the dataset.
 
@@ -182,4 +185,4 @@ def load_dataset(
         len(paths),
     )
     opener = opener or reader_opener(reader, mpp)
-    return GridPatchDataset(rows, paths, opener, train, split, objective)
+    return GridPatchDataset(rows, paths, opener, train, split, objective, stain)

@@ -158,7 +158,7 @@ def _train(
     train_set, valid_set = (
         load_dataset(
             labels, cfg.images, cfg.reader, train, cfg.grid_split, opener, slide_size, cfg.mpp,
-            cfg.objective,
+            cfg.objective, cfg.stain_augment,
         )
         for labels, train in ((cfg.labels_train, True), (cfg.labels_valid, False))
     )  # fmt: skip
