@@ -47,7 +47,8 @@ def test_quick_accuracy_run_has_every_stage(tmp_path: Path) -> None:
         scored = json.loads(report.read_text())["slide_classifier"]
         assert 0.0 <= scored["probability"] <= 1.0 and "max_logit" in scored["features"]
     names = [r["name"] for r in results["stages"]]
-    for stage in ("mine hard negatives", "fit the slide classifier", "export both networks in INT8"):
+    stages = ("mine hard negatives", "fit the slide classifier", "export both networks in INT8")
+    for stage in stages:
         assert stage in names
     assert results["classifier_patches_per_s"] > 0
     report = (out / "report.md").read_text()
