@@ -488,8 +488,56 @@ def test_dense_crop_item_and_its_views_match_the_patches_and_dense_inference() -
     model = build_model().eval()
     with torch.no_grad():
         want = dense_logits(model, crop[None])[0, ::4, ::4].reshape(-1)
-        torch.testing.assert_close(view_logits(model, whole[0]), want, rtol=0, atol=1e-5)
-        assert not torch.allclose(want, view_logits(model, cut[0]), atol=1e-3)  # padding differs
+        torch.testing.assert_close(view_logits(model, whole), want, rtol=0, atol=1e-5)
+        assert not torch.allclose(want, view_logits(model, cut), atol=1e-3)  # padding differs
+
+
+def test_dense_cell_labels_come_from_the_polygons_and_supervise_every_dense_cell(
+    tmp_path: Path,
+) -> None:
+    """--dense-labels cells: the crop's 9 x 9 cells each labelled from the polygons (the nine
+    grid cells equal the label CSV's), flipped with the crop, and the whole view's logits are
+    the dense map's cells."""
+    import json
+
+    from wsi_tumor.models.dense import dense_logits
+    from wsi_tumor.models.resnet_fcn import build_model
+    from wsi_tumor.training.dataset import PolygonCellLabels
+    from wsi_tumor.training.engine import view_logits, views
+    from wsi_tumor.training.grid import csv_to_grid, dense_cell_centres
+    from wsi_tumor.training.labels import label_centres, read_coords
+
+    # a tumour rectangle covering the region's right part: x >= 760, y in [300, 900)
+    square = [[760, 300], [2000, 300], [2000, 900], [760, 900]]
+    (tmp_path / "s.json").write_text(json.dumps({"positive": [{"vertices": square}]}))
+    (tmp_path / "coords.txt").write_text("s,700,500\n")
+    (row,) = label_centres(read_coords(tmp_path / "coords.txt"), tmp_path)
+    labeller = PolygonCellLabels(tmp_path)
+    cells = labeller(row, 1.0)
+    centres = dense_cell_centres(700, 500).reshape(9, 9, 2)
+    inside = (centres[..., 0] >= 760) & (centres[..., 1] >= 300) & (centres[..., 1] < 900)
+    np.testing.assert_array_equal(cells, inside.astype(np.float32))
+    np.testing.assert_array_equal(cells[::4, ::4], csv_to_grid(row.labels))
+    slide = ArraySlide(_pixels())
+    dataset = GridPatchDataset(
+        [row], {"s": Path("s.tif")}, lambda _: slide, False, "centre", "mixed",  # type: ignore[arg-type, return-value]
+        cell_labels=labeller,
+    )  # fmt: skip
+    crop, labels = dataset[0]
+    assert labels.shape == (81,) and torch.equal(labels, torch.from_numpy(cells).reshape(-1))
+    cut, whole = views((crop[None], labels[None]), torch.device("cpu"), "mixed")
+    assert torch.equal(cut.labels, torch.from_numpy(cells[::4, ::4]).reshape(-1))
+    model = build_model().eval()
+    with torch.no_grad():
+        want = dense_logits(model, crop[None])[0].reshape(-1)
+        torch.testing.assert_close(view_logits(model, whole), want, rtol=0, atol=1e-5)
+    torch.manual_seed(1)
+    flipped = GridPatchDataset(
+        [row], {"s": Path("s.tif")}, lambda _: slide, True, "centre", "mixed",  # type: ignore[arg-type, return-value]
+        cell_labels=labeller,
+    )  # fmt: skip
+    moved = {tuple(flipped[0][1].tolist()) for _ in range(12)}
+    assert len(moved) > 1 and all(sum(m) == cells.sum() for m in moved)
 
 
 def test_consistency_pulls_the_whole_view_onto_the_patch_view() -> None:
@@ -514,8 +562,8 @@ def test_consistency_pulls_the_whole_view_onto_the_patch_view() -> None:
     plain, pulled = gradients(0.0), gradients(weight)
     model.zero_grad()
     cut, whole = views(batch, cpu, "mixed")
-    reference = view_logits(model, cut[0]).detach()
-    term = weight * torch.nn.functional.mse_loss(view_logits(model, whole[0]), reference)
+    reference = view_logits(model, cut).detach()
+    term = weight * torch.nn.functional.mse_loss(view_logits(model, whole), reference)
     (term / 2).backward()  # the engine divides each view's loss by the number of views
     expected = [p.grad for p in model.parameters() if p.grad is not None]
     assert len(expected) == len(plain) == len(pulled)
