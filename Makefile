@@ -9,7 +9,7 @@ GPU_PROBE_ARGS ?=
 GPU_BUNDLE_ARGS ?=
 GPU_SERVE_ARGS ?= --device cpu --tiny
 
-.PHONY: setup test lint demo bench accuracy soak gpu-probe gpu-bundle gpu-serve-check clean
+.PHONY: setup test lint demo bench accuracy accuracy-ablation soak gpu-probe gpu-bundle gpu-serve-check docs-check clean
 
 setup:
 	@bash scripts/setup.sh
@@ -30,6 +30,12 @@ bench: setup
 
 accuracy: setup
 	$(PYTHON) benchmarks/run_accuracy.py $(ACCURACY_ARGS)
+
+accuracy-ablation: setup
+	$(PYTHON) benchmarks/run_accuracy.py --ablation $(ACCURACY_ARGS)
+
+docs-check: setup
+	$(PYTHON) benchmarks/wsi_bench/figures.py
 
 soak: setup
 	$(PYTHON) benchmarks/run_soak.py $(SOAK_ARGS)

@@ -1,8 +1,8 @@
-"""``make accuracy``: the hard synthetic benchmark in exact and dense mode."""
+"""``make accuracy`` / ``make accuracy-ablation``: the hard benchmark over seeds."""
 
 import sys
 
-from wsi_bench.accuracy import main
+from wsi_bench.accuracy.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

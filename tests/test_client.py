@@ -507,3 +507,47 @@ def test_two_servers_share_the_cohort_and_one_dying_loses_nothing(
             np.load(tmp_path / "out" / f"{name}.npy"), np.load(single_out / "good.npy")
         )
     assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+# --- the slide classifier ----------------------------------------------------------------------
+
+
+def test_slide_json_carries_the_classifier_probability_or_why_not(
+    slides, server, exported_repository, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without a classifier the JSON says why; with one, the probability is the classifier's
+    own of the written map's features; a mismatched one stops the run with one line."""
+    from wsi_tumor.evaluation.slide_classifier import SlideClassifier
+    from wsi_tumor.evaluation.slide_features import map_features
+    from wsi_tumor.serving.repository import set_detector_parameter
+
+    argv = [str(slides["good"]), "--overwrite", "--quiet"]
+    assert cli.main([*argv, "--out", str(tmp_path / "none"), "--url", server.grpc_url]) == 0
+    block = json.loads((tmp_path / "none" / "good.json").read_text())["slide_classifier"]
+    assert block["probability"] is None and "no slide_classifier.json" in block["reason"]
+    prob_map = np.load(tmp_path / "none" / "good.npy")
+    cell_um = contract.PATCH_STRIDE * contract.MODEL_MPP
+    assert block["features"] == pytest.approx(map_features(prob_map, cell_um))
+    assert summary(tmp_path / "none")["good"]["map_max"] == pytest.approx(float(prob_map.max()))
+
+    repository = tmp_path / "repository"
+    shutil.copytree(exported_repository.repository, repository)
+    classifier = SlideClassifier(
+        ("max_logit", "log_area_050"), (0.0, 1.0), (2.0, 0.5), (1.5, -0.7), 0.2, {"slides": []}
+    )
+    set_detector_parameter(repository, contract.SLIDE_CLASSIFIER_PARAMETER, classifier.to_text())
+    out = tmp_path / "fitted"
+    assert cli.main([*argv, "--out", str(out), "--model-repository", str(repository)]) == 0
+    block = json.loads((out / "good.json").read_text())["slide_classifier"]
+    expected = classifier.probability(map_features(np.load(out / "good.npy"), cell_um))
+    assert block["probability"] == pytest.approx(expected)
+    assert summary(out)["good"]["tumour_probability"] == pytest.approx(expected)
+
+    data = classifier.to_json() | {"features": ["max_logit", "a_feature_from_the_future"]}
+    set_detector_parameter(repository, contract.SLIDE_CLASSIFIER_PARAMETER, json.dumps(data))
+    capsys.readouterr()
+    code = cli.main([*argv, "--out", str(tmp_path / "bad"), "--model-repository", str(repository)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "slide_classifier.json" in err[0] and "a_feature_from_the" in err[0]
+    assert not (tmp_path / "bad" / "good.json").exists()

@@ -106,6 +106,52 @@ def test_train_augmentation_draws_per_patch() -> None:
     assert len({tuple(p.flatten()[:64].tolist()) for p in out}) == 9  # nine independent draws
 
 
+def _he_tile() -> torch.Tensor:
+    """A (3, 64, 64) uint8 tile of real H&E tissue (the committed Aperio sample)."""
+    from wsi_tumor.slide import open_slide
+
+    svs = Path(__file__).parent / "data" / "real" / "aperio" / "CMU-1-Small-Region.svs"
+    with open_slide(svs) as slide:
+        rgb = slide.read_region((1000, 1000), (64, 64), 0)
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+def test_hed_jitter_is_skimage_colour_deconvolution_scaled() -> None:
+    from skimage.color import hed2rgb, rgb2hed
+
+    from wsi_tumor.training.transforms import HedJitter
+
+    tile = _he_tile()
+    jitter = HedJitter("strong")
+    jitter.scale, jitter.shift = 0.0, 0.0
+    # no change: the same pixels to float32 rounding (and a 0 read as 1)
+    torch.testing.assert_close(jitter(tile).int(), tile.int(), atol=1, rtol=0)
+    torch.manual_seed(5)
+    out = HedJitter("strong")(tile)
+    torch.manual_seed(5)
+    a = 1.0 + 0.2 * (2.0 * torch.rand(3, dtype=torch.float64) - 1.0)
+    b = 0.05 * (2.0 * torch.rand(3, dtype=torch.float64) - 1.0)
+    # scikit-image's own deconvolution (its OD is ln scaled by ln(1e-6), hence b's scaling)
+    rgb = tile.numpy().transpose(1, 2, 0)
+    hed = rgb2hed(rgb) * a.numpy() + b.numpy() / -np.log(1e-6)
+    expected = np.clip(hed2rgb(hed) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    valid = (rgb2hed(rgb) > 0).all(axis=-1) & (rgb > 0).all(axis=-1)  # skimage clips at 0
+    diff = np.abs(out.numpy().transpose(1, 2, 0).astype(int) - expected.astype(int))
+    assert valid.mean() > 0.5 and diff[valid].max() <= 1
+
+
+def test_stain_strengths_perturb_more_as_asked() -> None:
+    from wsi_tumor.training.transforms import HedJitter
+
+    tile = _he_tile()
+    change = {}
+    for strength in ("light", "strong"):
+        torch.manual_seed(0)
+        outs = [HedJitter(strength)(tile) for _ in range(20)]
+        change[strength] = float(np.mean([(o.float() - tile.float()).abs().mean() for o in outs]))
+    assert 0 < change["light"] < change["strong"]
+
+
 def test_zoom_keep_size() -> None:
     patch = torch.arange(224 * 224, dtype=torch.float32).reshape(1, 224, 224)
     torch.testing.assert_close(zoom_keep_size(patch, 1.0), patch)
@@ -442,8 +488,56 @@ def test_dense_crop_item_and_its_views_match_the_patches_and_dense_inference() -
     model = build_model().eval()
     with torch.no_grad():
         want = dense_logits(model, crop[None])[0, ::4, ::4].reshape(-1)
-        torch.testing.assert_close(view_logits(model, whole[0]), want, rtol=0, atol=1e-5)
-        assert not torch.allclose(want, view_logits(model, cut[0]), atol=1e-3)  # padding differs
+        torch.testing.assert_close(view_logits(model, whole), want, rtol=0, atol=1e-5)
+        assert not torch.allclose(want, view_logits(model, cut), atol=1e-3)  # padding differs
+
+
+def test_dense_cell_labels_come_from_the_polygons_and_supervise_every_dense_cell(
+    tmp_path: Path,
+) -> None:
+    """--dense-labels cells: the crop's 9 x 9 cells each labelled from the polygons (the nine
+    grid cells equal the label CSV's), flipped with the crop, and the whole view's logits are
+    the dense map's cells."""
+    import json
+
+    from wsi_tumor.models.dense import dense_logits
+    from wsi_tumor.models.resnet_fcn import build_model
+    from wsi_tumor.training.dataset import PolygonCellLabels
+    from wsi_tumor.training.engine import view_logits, views
+    from wsi_tumor.training.grid import csv_to_grid, dense_cell_centres
+    from wsi_tumor.training.labels import label_centres, read_coords
+
+    # a tumour rectangle covering the region's right part: x >= 760, y in [300, 900)
+    square = [[760, 300], [2000, 300], [2000, 900], [760, 900]]
+    (tmp_path / "s.json").write_text(json.dumps({"positive": [{"vertices": square}]}))
+    (tmp_path / "coords.txt").write_text("s,700,500\n")
+    (row,) = label_centres(read_coords(tmp_path / "coords.txt"), tmp_path)
+    labeller = PolygonCellLabels(tmp_path)
+    cells = labeller(row, 1.0)
+    centres = dense_cell_centres(700, 500).reshape(9, 9, 2)
+    inside = (centres[..., 0] >= 760) & (centres[..., 1] >= 300) & (centres[..., 1] < 900)
+    np.testing.assert_array_equal(cells, inside.astype(np.float32))
+    np.testing.assert_array_equal(cells[::4, ::4], csv_to_grid(row.labels))
+    slide = ArraySlide(_pixels())
+    dataset = GridPatchDataset(
+        [row], {"s": Path("s.tif")}, lambda _: slide, False, "centre", "mixed",  # type: ignore[arg-type, return-value]
+        cell_labels=labeller,
+    )  # fmt: skip
+    crop, labels = dataset[0]
+    assert labels.shape == (81,) and torch.equal(labels, torch.from_numpy(cells).reshape(-1))
+    cut, whole = views((crop[None], labels[None]), torch.device("cpu"), "mixed")
+    assert torch.equal(cut.labels, torch.from_numpy(cells[::4, ::4]).reshape(-1))
+    model = build_model().eval()
+    with torch.no_grad():
+        want = dense_logits(model, crop[None])[0].reshape(-1)
+        torch.testing.assert_close(view_logits(model, whole), want, rtol=0, atol=1e-5)
+    torch.manual_seed(1)
+    flipped = GridPatchDataset(
+        [row], {"s": Path("s.tif")}, lambda _: slide, True, "centre", "mixed",  # type: ignore[arg-type, return-value]
+        cell_labels=labeller,
+    )  # fmt: skip
+    moved = {tuple(flipped[0][1].tolist()) for _ in range(12)}
+    assert len(moved) > 1 and all(sum(m) == cells.sum() for m in moved)
 
 
 def test_consistency_pulls_the_whole_view_onto_the_patch_view() -> None:
@@ -468,8 +562,8 @@ def test_consistency_pulls_the_whole_view_onto_the_patch_view() -> None:
     plain, pulled = gradients(0.0), gradients(weight)
     model.zero_grad()
     cut, whole = views(batch, cpu, "mixed")
-    reference = view_logits(model, cut[0]).detach()
-    term = weight * torch.nn.functional.mse_loss(view_logits(model, whole[0]), reference)
+    reference = view_logits(model, cut).detach()
+    term = weight * torch.nn.functional.mse_loss(view_logits(model, whole), reference)
     (term / 2).backward()  # the engine divides each view's loss by the number of views
     expected = [p.grad for p in model.parameters() if p.grad is not None]
     assert len(expected) == len(plain) == len(pulled)

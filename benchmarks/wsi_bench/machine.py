@@ -23,6 +23,23 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+"""CPU features that decide how fast fp32, bf16 and INT8 run (VNNI/AMX: native INT8 dot
+products; AVX512-BF16/AMX: native bf16)."""
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`SIMD_FLAGS` the CPU has (from /proc/cpuinfo; empty elsewhere)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return []
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        if line.startswith("flags"):
+            present = set(line.split(":", 1)[1].split())
+            return [flag for flag in SIMD_FLAGS if flag in present]
+    return []
+
+
 def package_version(name: str) -> str:
     """Installed version of distribution ``name``, or ``"not installed"``."""
     try:
@@ -51,6 +68,7 @@ def describe_machine(http_url: str | None = None) -> dict[str, Any]:
     versions["tritonserver"] = server_version(http_url)
     return {
         "cpu_model": cpu_model(),
+        "cpu_flags": ", ".join(cpu_flags()) or "none of " + ", ".join(SIMD_FLAGS),
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),

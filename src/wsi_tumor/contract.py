@@ -97,6 +97,11 @@ MPP_TOLERANCE: Final = 0.10
 0.226 um/px) are both read 1:1, so MONAI's map stays exact on them."""
 MODEL_MPP_PARAMETER: Final = "model_mpp"
 """Name of the repository config parameter that carries :data:`MODEL_MPP`."""
+SLIDE_CLASSIFIER_PARAMETER: Final = "slide_classifier"
+"""Name of the detectors' config parameter that carries the fitted slide classifier's JSON
+(the text of :data:`SLIDE_CLASSIFIER_FILE`; absent until ``wsi-slide-classifier`` fits one)."""
+SLIDE_CLASSIFIER_FILE: Final = "slide_classifier.json"
+"""The slide classifier's file at the model repository's root."""
 
 # --- precision ------------------------------------------------------------------------------
 PRECISION_PARAMETER: Final = "precision"

@@ -65,6 +65,9 @@ class SlideOutcome:
         if self.report:
             line["counts"] = self.report.get("counts")
             line["patches_per_s"] = self.report.get("patches_per_s")
+            scored = self.report.get("slide_classifier") or {}
+            line["tumour_probability"] = scored.get("probability")
+            line["map_max"] = scored.get("map_max")
         reader = self.report.get("reader", self.reader)
         if reader:
             line["reader"] = reader
@@ -262,6 +265,13 @@ async def _run_jobs(
     results = []
     try:
         info = await transport.start(config.cells)
+        classifier = info.slide_classifier  # a mismatched one stops the run before any slide
+        log.info(
+            "slide classifier: %s",
+            f"fitted on {classifier.fitted_on.get('slides', '?')} slides"
+            if classifier
+            else "none in the repository",
+        )
         per_request = _regions_per_request(config, info)
         transport.regions_per_request = per_request
         with tqdm(

@@ -163,6 +163,8 @@ class SlideJob:
                 )
             outputs_start = time.perf_counter()
             detections = await asyncio.to_thread(self._write_maps, prepared, prob_map)
+        cell_um = contract.PATCH_STRIDE * prepared.resolution.model_mpp
+        scored = slide_classification(prob_map, cell_um, info)
         now = time.perf_counter()
         report = {
             "slide": str(self.slide),
@@ -172,8 +174,9 @@ class SlideJob:
             "mode": config.mode,
             "mask_level": contract.MASK_LEVEL,
             "map_shape": list(mask.shape),
-            "map_cell_um": round(contract.PATCH_STRIDE * prepared.resolution.model_mpp, 4),
+            "map_cell_um": round(cell_um, 4),
             "tissue": {"rule": config.tissue_rule, "exclude_ink": config.exclude_ink},
+            "slide_classifier": scored,
             "damaged": {
                 "regions": len(stats.damaged),
                 "cells": stats.damaged_cells,
@@ -249,3 +252,28 @@ class SlideJob:
         write_csv(self.outputs.csv, detections)
         write_json(self.outputs.geojson, detections_geojson(detections))
         return detections
+
+
+def slide_classification(
+    prob_map: npt.NDArray[np.float32], cell_um: float, info: ModelInfo
+) -> dict[str, Any]:
+    """The slide's ``slide_classifier`` block: its map's features and, where the repository
+    carries a fitted slide classifier, its tumour probability (else why there is none)."""
+    from wsi_tumor.evaluation.slide_features import map_features
+
+    features = map_features(prob_map, cell_um)
+    classifier = info.slide_classifier
+    if classifier is None:
+        return {
+            "probability": None,
+            "reason": f"the model repository has no {contract.SLIDE_CLASSIFIER_FILE} (fit one "
+            "with wsi-slide-classifier)",
+            "map_max": features["max"],
+            "features": features,
+        }
+    return {
+        "probability": classifier.probability(features),
+        "map_max": features["max"],
+        "features": features,
+        "scorer": {"features": list(classifier.features), "fitted_on": classifier.fitted_on},
+    }

@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +29,9 @@ from tritonclient.utils import InferenceServerException
 from wsi_tumor import contract
 from wsi_tumor.client.endpoints import Encoded, Endpoint
 from wsi_tumor.errors import ModelMismatchError, ServerError, ServerUnavailableError
+
+if TYPE_CHECKING:
+    from wsi_tumor.evaluation.slide_classifier import SlideClassifier
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +137,25 @@ class ModelInfo:
                 f"not one of {', '.join(contract.PRECISIONS)}"
             )
         return value
+
+    @property
+    def slide_classifier(self) -> SlideClassifier | None:
+        """The fitted slide classifier the repository carries, None when it has none.
+
+        Raises:
+            ModelMismatchError: it is of another version or uses unknown features (the
+                repository's file is named).
+        """
+        from wsi_tumor.evaluation.slide_classifier import SlideClassifier
+
+        text = self.parameters.get(contract.SLIDE_CLASSIFIER_PARAMETER)
+        if not text:
+            return None
+        source = (
+            f"model {self.name!r} parameter {contract.SLIDE_CLASSIFIER_PARAMETER} (the "
+            f"repository's {contract.SLIDE_CLASSIFIER_FILE})"
+        )
+        return SlideClassifier.from_text(text, source)
 
 
 def _channel_args() -> list[tuple[str, Any]]:

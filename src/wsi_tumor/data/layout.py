@@ -14,6 +14,7 @@
       coords/normal_train.txt       header); train and valid come from different slides
       coords/tumor_valid.txt
       coords/normal_valid.txt
+      coords/hard_negative_train.txt  ``wsi-mine``'s mined centres (same layout), if mined
       coords/testing.csv            ``slide,label`` (header line, label tumor|normal)
       coords/slides.csv             ``slide,label,split`` of every slide (header line)
       dataset.json                  generator arguments and per-slide lesion list
@@ -46,6 +47,8 @@ TUMOR_TRAIN: Final = "tumor_train.txt"
 NORMAL_TRAIN: Final = "normal_train.txt"
 TUMOR_VALID: Final = "tumor_valid.txt"
 NORMAL_VALID: Final = "normal_valid.txt"
+HARD_NEGATIVE_TRAIN: Final = "hard_negative_train.txt"
+"""Centres mined by ``wsi-mine`` (``wsi-labels`` adds them to the training list)."""
 TESTING_CSV: Final = "testing.csv"
 SLIDES_CSV: Final = "slides.csv"
 METADATA_JSON: Final = "dataset.json"

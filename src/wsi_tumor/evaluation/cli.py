@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SCORE_RULES,
         default="map-max",
         help="a slide's score: map-max (its map's maximum, needs <slide>.npy beside the CSV; "
-        "the challenge baseline) or detection-max (its best candidate)",
+        "the challenge baseline), detection-max (its best candidate) or classifier (the slide "
+        "classifier's probability in <slide>.json); froc.json gives every available score's "
+        "AUC",
     )
     add_logging_flags(p)
     return p  # fmt: skip
@@ -122,9 +124,15 @@ def _froc(args: argparse.Namespace) -> int:
         f"-> {paths['json']}"
     )
     if slide_level is not None:
+        others = ", ".join(
+            f"{rule} {auc:.4f}"
+            for rule, auc in slide_level.auc_by_score.items()
+            if rule != slide_level.score_rule
+        )
         print(
             f"slide-level AUC {slide_level.auc:.4f} ({slide_level.score_rule}) over "
             f"{len(slide_level.slides)} slides ({int(slide_level.labels.sum())} tumour)"
+            + (f"; {others}" if others else "")
         )
     return EXIT_OK
 

@@ -1,8 +1,10 @@
 """CAMELYON16's slide-level task: tumour vs normal slides, ROC AUC of a per-slide score.
 
 Each slide's score is, by default, its probability map's maximum (``map-max``: the
-challenge's baseline), or the highest lesion-candidate probability of its CSV
-(``detection-max``, for submissions without maps). The reference labels come from a
+challenge's baseline), the highest lesion-candidate probability of its CSV
+(``detection-max``, for submissions without maps), or the tumour probability the slide
+classifier gave it (``classifier``, from ``<slide>.json``; see
+:mod:`wsi_tumor.evaluation.slide_classifier`). The reference labels come from a
 ``testing.csv``-style file: ``slide,label`` lines (a header line is optional), label
 ``tumor``/``normal`` (any case) or ``1``/``0``; CAMELYON16's own ``reference.csv`` (extra
 columns after the label) reads the same way.
@@ -14,7 +16,8 @@ scikit-learn's ``roc_auc_score`` computes (tested against it).
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,7 +26,7 @@ import numpy.typing as npt
 
 from wsi_tumor.errors import EvaluationError
 
-SCORE_RULES: Final = ("map-max", "detection-max")
+SCORE_RULES: Final = ("map-max", "detection-max", "classifier")
 _TUMOUR = {"tumor", "tumour", "1", "positive"}
 _NORMAL = {"normal", "0", "negative"}
 
@@ -40,6 +43,7 @@ class SlideLevel:
         scores: Per slide.
         fpr: ROC curve false positive rates (from (0, 0) to (1, 1)).
         tpr: ROC curve true positive rates.
+        auc_by_score: The AUC of every score rule the detections allow, this one included.
     """
 
     auc: float
@@ -49,12 +53,14 @@ class SlideLevel:
     scores: npt.NDArray[np.float64]
     fpr: npt.NDArray[np.float64]
     tpr: npt.NDArray[np.float64]
+    auc_by_score: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The ``slide_level`` block of ``froc.json``."""
         return {
             "auc": self.auc,
             "score_rule": self.score_rule,
+            "auc_by_score": self.auc_by_score,
             "tumour_slides": int(self.labels.sum()),
             "normal_slides": int(len(self.labels) - self.labels.sum()),
             "per_slide": [
@@ -152,6 +158,18 @@ def slide_score(detections_file: Path, rule: str) -> float:
 
         detections = read_detections(detections_file)
         return float(detections[:, 0].max()) if len(detections) else 0.0
+    if rule == "classifier":
+        report = detections_file.with_suffix(".json")
+        try:
+            scored = json.loads(report.read_text(encoding="utf-8")).get("slide_classifier") or {}
+        except (OSError, ValueError, AttributeError) as exc:
+            raise EvaluationError(f"{report}: cannot read the slide's report ({exc})") from None
+        if scored.get("probability") is None:
+            raise EvaluationError(
+                f"{report}: no slide classifier probability "
+                f"({scored.get('reason', 'written before slide classifiers existed')})"
+            )
+        return float(scored["probability"])
     raise EvaluationError(f"unknown slide score {rule!r}; choose one of {', '.join(SCORE_RULES)}")
 
 
@@ -173,4 +191,12 @@ def evaluate_slide_level(
     labels = np.asarray([reference[s] for s in slides], np.int64)
     scores = np.asarray([slide_score(by_slide[s], rule) for s in slides], np.float64)
     fpr, tpr = roc_points(labels, scores)
-    return SlideLevel(roc_auc(labels, scores), rule, slides, labels, scores, fpr, tpr)
+    aucs = {rule: roc_auc(labels, scores)}
+    for other in SCORE_RULES:
+        if other != rule:
+            try:
+                others = [slide_score(by_slide[s], other) for s in slides]
+            except EvaluationError:
+                continue  # this rule needs outputs the detections do not have
+            aucs[other] = roc_auc(labels, others)
+    return SlideLevel(aucs[rule], rule, slides, labels, scores, fpr, tpr, aucs)

@@ -308,6 +308,10 @@ def write_repository(
         if stale.exists():
             log.info("removing %s (not used by runtime %s)", stale, runtime)
             stale.unlink()
+    scorer = Path(root) / contract.SLIDE_CLASSIFIER_FILE
+    if scorer.exists():
+        log.warning("removing %s: it was fitted on the previous weights' maps; refit it", scorer)
+        scorer.unlink()
     log.info(
         "wrote %d repository files under %s (runtime %s, %s)",
         len(written),
@@ -315,6 +319,38 @@ def write_repository(
         runtime,
         precision,
     )
+    return written
+
+
+DETECTOR_MODELS: Final = (contract.ENSEMBLE_MODEL, contract.DENSE_MODEL)
+"""The models a client calls and whose parameters it reads."""
+
+
+def set_detector_parameter(root: Path, key: str, value: str | None) -> list[Path]:
+    """Set (``value``) or remove (None) a string parameter of both detectors' configs.
+
+    The configs are parsed and printed with protobuf's ``text_format``, so they stay valid;
+    each is replaced atomically. A running server sees the change after a restart.
+
+    Raises:
+        ExportError: a detector's config is missing or does not parse (file named).
+    """
+    from google.protobuf import text_format
+
+    from wsi_tumor.fileio import write_text
+
+    written = []
+    for model in DETECTOR_MODELS:
+        path = Path(root) / model / "config.pbtxt"
+        try:
+            config = text_format.Parse(path.read_text(encoding="utf-8"), _pb().ModelConfig())
+        except (OSError, text_format.ParseError) as exc:
+            raise ExportError(f"{path}: cannot read the model config ({exc})") from None
+        if value is None:
+            config.parameters.pop(key, None)
+        else:
+            config.parameters[key].string_value = value
+        written.append(write_text(path, _text(config)))
     return written
 
 

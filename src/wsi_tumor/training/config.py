@@ -16,7 +16,8 @@ from wsi_tumor.commandline import add_dataclass_flags, field_types, make_parser,
 from wsi_tumor.errors import ConfigError
 from wsi_tumor.fileio import write_text
 from wsi_tumor.slide import READER_CHOICES
-from wsi_tumor.training.grid import GRID_SPLITS, OBJECTIVES, GridSplit, Objective
+from wsi_tumor.training.grid import DENSE_LABELS, GRID_SPLITS, OBJECTIVES, GridSplit, Objective
+from wsi_tumor.training.transforms import STAIN_STRENGTHS
 
 DEVICES: Final = ("auto", "cpu", "cuda")
 TRAIN_CSV: Final = "training.csv"
@@ -64,6 +65,23 @@ class TrainConfig:
         "with --objective mixed: weight of the squared difference between the whole region's "
         "logits and its patches' at the labelled cells, pulling the dense map onto the exact "
         "one (0: off)",
+    )
+    dense_labels: str = option(
+        "grid",
+        "with --objective dense or mixed: grid labels the crop's nine grid cells (the label "
+        "CSV's); cells labels every one of its 9 x 9 dense cells from the tumour polygons of "
+        "--annotations (nine times the supervision from the same pixels)",
+        choices=DENSE_LABELS,
+    )
+    annotations: Path | None = option(
+        None, "tumour polygons (<slide>.json NCRF or .xml ASAP) for --dense-labels cells"
+    )
+    stain_augment: str = option(
+        "none",
+        "HED stain augmentation before the bundle's ColorJitter: perturb each patch's "
+        "haematoxylin, eosin and DAB concentrations in optical-density space (light: scale "
+        "+-5 %%, strong: +-20 %%; see docs/training.md)",
+        choices=STAIN_STRENGTHS,
     )
     resume: Path | None = option(None, "training checkpoint to continue from")
     init_from: Path | None = option(None, "weights to start from (ours or the bundle's model.pt)")
@@ -176,6 +194,8 @@ def _validate(values: dict[str, Any], source: str) -> None:
         ("device", DEVICES),
         ("grid_split", get_args(GridSplit)),
         ("objective", OBJECTIVES),
+        ("stain_augment", STAIN_STRENGTHS),
+        ("dense_labels", DENSE_LABELS),
     ):
         if values[name] not in choices:
             raise ConfigError(f"{source}: {name} must be one of {choices}, got {values[name]!r}")
@@ -183,6 +203,10 @@ def _validate(values: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: consistency must be >= 0, got {values['consistency']}")
     if values["consistency"] > 0 and values["objective"] != "mixed":
         raise ConfigError(f"{source}: --consistency needs --objective mixed")
+    if values["dense_labels"] == "cells" and values.get("annotations") is None:
+        raise ConfigError(f"{source}: --dense-labels cells needs --annotations")
+    if values["dense_labels"] == "cells" and values["objective"] == "patch":
+        raise ConfigError(f"{source}: --dense-labels cells needs --objective dense or mixed")
     if values.get("resume") and values.get("init_from"):
         raise ConfigError(f"{source}: give --resume or --init-from, not both")
 

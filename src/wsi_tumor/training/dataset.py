@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch.utils.data import Dataset
 
@@ -20,9 +22,11 @@ from wsi_tumor.errors import DatasetError
 from wsi_tumor.slide.base import SlideReader
 from wsi_tumor.slide.resolution import ModelResolutionView
 from wsi_tumor.training.grid import (
+    DENSE_CELLS,
     GridSplit,
     Objective,
     csv_to_grid,
+    dense_cell_centres,
     dense_crop,
     region_origin,
     split_region,
@@ -62,6 +66,39 @@ def reader_opener(reader: str, mpp: float | None = None) -> SlideOpener:
     return functools.partial(_open_with, reader=reader, mpp=mpp)
 
 
+class PolygonCellLabels:
+    """Labels of a dense crop's 9 x 9 cells from each slide's tumour polygons (picklable).
+
+    Args:
+        annotations: Directory of ``<slide>.json`` (NCRF) or ``<slide>.xml`` (ASAP); a slide
+            without a file is a normal slide (every cell 0).
+    """
+
+    def __init__(self, annotations: Path) -> None:
+        if not Path(annotations).is_dir():
+            raise DatasetError(f"{annotations}: annotations directory does not exist")
+        self.annotations = Path(annotations)
+        self._polygons: dict[str, list[Any]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"annotations": self.annotations, "_polygons": {}}
+
+    def __call__(self, row: LabelRow, scale: float) -> npt.NDArray[np.float32]:
+        """(9, 9) labels [row, col] of the crop around ``row``'s centre."""
+        from wsi_tumor.annotations.formats import read_annotations
+        from wsi_tumor.annotations.polygons import contains
+        from wsi_tumor.training.labels import ANNOTATION_SUFFIXES, find_file
+
+        if row.slide not in self._polygons:
+            found = find_file(self.annotations, row.slide, ANNOTATION_SUFFIXES)
+            self._polygons[row.slide] = list(read_annotations(found)) if found else []
+        polygons = self._polygons[row.slide]
+        if not polygons:
+            return np.zeros((DENSE_CELLS, DENSE_CELLS), np.float32)
+        inside = contains(polygons, dense_cell_centres(row.x, row.y, scale))
+        return np.asarray(inside, np.float32).reshape(DENSE_CELLS, DENSE_CELLS)
+
+
 class GridPatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Nine patches and their labels per label-CSV row.
 
@@ -79,6 +116,9 @@ class GridPatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         split: Patch placement inside the region (see :data:`wsi_tumor.training.grid.GridSplit`).
         objective: What an item holds (see :data:`wsi_tumor.training.grid.Objective`); the
             dense crop needs the ``centre`` split.
+        stain: Stain augmentation of training items (``none``, ``light``, ``strong``).
+        cell_labels: With the ``dense`` or ``mixed`` objective, label every dense cell of
+            the crop (labels [81], row-major over its 9 x 9 cells) instead of its nine.
     """
 
     def __init__(
@@ -89,6 +129,8 @@ class GridPatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         train: bool,
         split: GridSplit = "centre",
         objective: Objective = "patch",
+        stain: str = "none",
+        cell_labels: PolygonCellLabels | None = None,
     ) -> None:
         if objective != "patch" and split != "centre":
             raise DatasetError(f"the {objective} objective needs --grid-split centre")
@@ -103,8 +145,9 @@ class GridPatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.train = train
         self.split: GridSplit = split
         self.objective: Objective = objective
-        self.augment = TrainAugment() if train else None
-        self.region_augment = RegionAugment() if train else None
+        self.augment = TrainAugment(stain) if train else None
+        self.region_augment = RegionAugment(stain) if train else None
+        self.cell_labels = cell_labels if objective != "patch" else None
         self._readers: dict[str, SlideReader] = {}
 
     def __len__(self) -> int:
@@ -139,7 +182,9 @@ class GridPatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         )
         origin = region_origin(round(row.x / scale), round(row.y / scale))
         region = reader.read_region(origin, (TRAIN_REGION, TRAIN_REGION), level=0)
-        grid = torch.from_numpy(csv_to_grid(row.labels))
+        grid = torch.from_numpy(
+            self.cell_labels(row, scale) if self.cell_labels else csv_to_grid(row.labels)
+        )
         if self.objective == "patch":
             patches = split_region(region, self.split)
             images = self.augment(patches) if self.augment else to_normalised_tensor(patches)
@@ -160,6 +205,8 @@ def load_dataset(
     slide_size: SlideSizeFn | None = None,
     mpp: float | None = None,
     objective: Objective = "patch",
+    stain: str = "none",
+    cell_labels: PolygonCellLabels | None = None,
 ) -> GridPatchDataset:
     """Read and check a label CSV, then build the dataset.
 
@@ -182,4 +229,4 @@ def load_dataset(
         len(paths),
     )
     opener = opener or reader_opener(reader, mpp)
-    return GridPatchDataset(rows, paths, opener, train, split, objective)
+    return GridPatchDataset(rows, paths, opener, train, split, objective, stain, cell_labels)

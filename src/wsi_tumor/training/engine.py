@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -24,11 +25,25 @@ from tqdm import tqdm
 from wsi_tumor.contract import PATCH_SIZE
 from wsi_tumor.models.dense import FEATURE_STRIDE
 from wsi_tumor.training.distributed import DistInfo, all_reduce_sum
-from wsi_tumor.training.grid import DENSE_CROP_OFFSET, GRID_CELL, Objective, patch_offsets
+from wsi_tumor.training.grid import (
+    DENSE_CELLS,
+    DENSE_CROP_OFFSET,
+    GRID_CELL,
+    Objective,
+    patch_offsets,
+)
 
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class View(NamedTuple):
+    """What one forward pass sees: images, flat labels, stride of the labelled outputs."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    stride: int = 0
 
 
 @dataclass(frozen=True)
@@ -51,26 +66,48 @@ LABEL_STRIDE = GRID_CELL // FEATURE_STRIDE
 """Outputs of the network's stride-1 pool between labelled cells of a dense crop (8)."""
 
 
-def views(batch: Batch, device: torch.device, objective: Objective) -> list[Batch]:
-    """The inputs the network sees for one batch, each with its flat labels [B * 9]."""
+def views(batch: Batch, device: torch.device, objective: Objective) -> list[View]:
+    """The inputs the network sees for one batch, each with its flat labels and the stride of
+    its labelled outputs (0: one output per patch).
+
+    A crop's labels are its nine grid cells ([B, 9]) or all its 9 x 9 dense cells ([B, 81],
+    ``--dense-labels cells``); the patch view of ``mixed`` takes the nine grid cells of them.
+    """
     images, labels = batch
     images = images.to(device, non_blocking=True)
-    labels = labels.reshape(-1).to(device, non_blocking=True)
-    out = [(images.reshape(-1, *images.shape[-3:]) if objective == "patch" else images, labels)]
+    labels = labels.to(device, non_blocking=True)
+    if objective == "patch":
+        return [View(_channels_last(images.reshape(-1, *images.shape[-3:])), labels.reshape(-1))]
+    all_cells = labels.shape[-1] == DENSE_CELLS * DENSE_CELLS
+    stride = 2 if all_cells else LABEL_STRIDE  # outputs are 32 px apart, dense cells 64
+    out = [View(_channels_last(images), labels.reshape(-1), stride)]
     if objective == "mixed":  # the patches first: the whole view's consistency term needs them
+        grid = labels.reshape(-1, DENSE_CELLS, DENSE_CELLS)[:, ::4, ::4] if all_cells else labels
         starts = [o - DENSE_CROP_OFFSET for o in patch_offsets("centre")]
         cut = [images[..., y : y + PATCH_SIZE, x : x + PATCH_SIZE] for y in starts for x in starts]
-        out.insert(0, (torch.stack(cut, dim=1).reshape(-1, *cut[0].shape[1:]), labels))
+        patches = torch.stack(cut, dim=1).reshape(-1, *cut[0].shape[1:])
+        out.insert(0, View(_channels_last(patches), grid.reshape(-1)))
+    return out
+
+
+def _channels_last(images: torch.Tensor) -> torch.Tensor:
     # channels_last, as the model (trainer): oneDNN convolutions run faster in it on the CPU
-    return [(x.contiguous(memory_format=torch.channels_last), y) for x, y in out]
+    return images.contiguous(memory_format=torch.channels_last)
 
 
-def view_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def view_logits(model: nn.Module, view: View) -> torch.Tensor:
     """Flat logits of patches, or of a dense crop's labelled cells (row-major per crop)."""
-    logits = model(images)
-    if images.shape[-1] != PATCH_SIZE:
-        logits = logits[:, 0, ::LABEL_STRIDE, ::LABEL_STRIDE]
+    logits = model(view.images)
+    if view.stride:
+        logits = logits[:, 0, :: view.stride, :: view.stride]
     return logits.reshape(-1)
+
+
+def grid_cells(logits: torch.Tensor, view: View) -> torch.Tensor:
+    """A whole view's logits at the nine grid cells (what the patch view computed)."""
+    if view.stride != 2:
+        return logits
+    return logits.reshape(-1, DENSE_CELLS, DENSE_CELLS)[:, ::4, ::4].reshape(-1)
 
 
 def _autocast(device: torch.device, amp: bool) -> torch.autocast | nullcontext[None]:
@@ -142,14 +179,16 @@ def train_one_epoch(
         parts = views(batch, device, objective)
         loss_value = 0.0
         reference: torch.Tensor | None = None  # the patch view's logits, for the whole view
-        for i, (images, labels) in enumerate(parts):
+        for i, view in enumerate(parts):
+            labels = view.labels
             last = i == len(parts) - 1
             with nullcontext() if last or no_sync is None else no_sync():
                 with _autocast(device, amp):
-                    logits = view_logits(model, images).float()
+                    logits = view_logits(model, view).float()
                     loss = criterion(logits, labels)
                     if reference is not None:
-                        loss = loss + consistency * nn.functional.mse_loss(logits, reference)
+                        at_grid = grid_cells(logits, view)
+                        loss = loss + consistency * nn.functional.mse_loss(at_grid, reference)
                     loss = loss / len(parts)
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             if consistency > 0 and not last:
@@ -199,9 +238,10 @@ def evaluate(
     ):
         if max_steps is not None and steps >= max_steps:
             break
-        for images, labels in views(batch, device, objective):
+        for view in views(batch, device, objective):
+            labels = view.labels
             with _autocast(device, amp):
-                logits = view_logits(model, images).float()
+                logits = view_logits(model, view).float()
             loss_sum += float(criterion(logits, labels))
             correct += float(((logits > 0).float() == labels).sum())
             count += labels.numel()

@@ -84,6 +84,24 @@ def cell_centres_csv_order(x: int, y: int, scale: float = 1.0) -> npt.NDArray[np
     return out
 
 
+DENSE_LABELS: Final = ("grid", "cells")
+"""Which cells of a dense crop carry labels: ``grid``, the region's nine (the label CSV's);
+``cells``, every one of its :data:`DENSE_CELLS` x :data:`DENSE_CELLS` dense cells, each
+labelled from the tumour polygons as the nine are (its centre inside tumour, outside any
+exclusion): nine times the supervision from the same pixels."""
+
+
+def dense_cell_centres(x: int, y: int, scale: float = 1.0) -> npt.NDArray[np.float64]:
+    """Level-0 (x, y) centres of the dense crop's 9 x 9 cells, row-major over [row, col].
+
+    Cell (row, col) is centred ``(64 * col - 256, 64 * row - 256)`` training pixels from the
+    region's centre (x, y); cells (0, 4, 8) x (0, 4, 8) are the nine grid cells.
+    """
+    steps = (np.arange(DENSE_CELLS) * PATCH_STRIDE - (GRID_CELL * (GRID_SHAPE // 2))) * scale
+    yy, xx = np.meshgrid(y + steps, x + steps, indexing="ij")
+    return np.stack([xx.ravel(), yy.ravel()], axis=1)
+
+
 def csv_to_grid(labels_csv_order: npt.ArrayLike) -> npt.NDArray[np.float32]:
     """Reorder nine CSV labels into a (3, 3) grid indexed [row (y), col (x)]."""
     flat = np.asarray(labels_csv_order, dtype=np.float32).reshape(NUM_CELLS)

@@ -4,6 +4,7 @@ Dataset-dir mode (the synthetic generator's layout, NCRF's file names)::
 
     wsi-labels DATASET            # coords/{tumor,normal}_{train,valid}.txt, images/, jsons/
                                   # -> DATASET/training.csv, DATASET/validation.csv
+                                  # (+ coords/hard_negative_train.txt when wsi-mine wrote it)
 
 Explicit mode::
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 ANNOTATION_DIRS: Final = (layout.JSONS_DIR, layout.ANNOTATIONS_DIR)
 SPLIT_COORDS: Final = {
-    "train": (layout.TUMOR_TRAIN, layout.NORMAL_TRAIN),
+    "train": (layout.TUMOR_TRAIN, layout.NORMAL_TRAIN, layout.HARD_NEGATIVE_TRAIN),
     "valid": (layout.TUMOR_VALID, layout.NORMAL_VALID),
 }
 

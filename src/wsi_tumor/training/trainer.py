@@ -27,7 +27,12 @@ from wsi_tumor.training.checkpoint import (
     save_checkpoint,
 )
 from wsi_tumor.training.config import TrainConfig
-from wsi_tumor.training.dataset import GridPatchDataset, SlideOpener, load_dataset
+from wsi_tumor.training.dataset import (
+    GridPatchDataset,
+    PolygonCellLabels,
+    SlideOpener,
+    load_dataset,
+)
 from wsi_tumor.training.distributed import DistInfo
 from wsi_tumor.training.engine import EpochStats, evaluate, train_one_epoch
 from wsi_tumor.training.labels import SlideSizeFn
@@ -155,10 +160,15 @@ def _train(
         load_pretrained(model)
     if cfg.init_from is not None:
         init_weights(model, cfg.init_from)
+    cells = (
+        PolygonCellLabels(cfg.annotations)
+        if cfg.annotations and cfg.dense_labels == "cells"
+        else None
+    )
     train_set, valid_set = (
         load_dataset(
             labels, cfg.images, cfg.reader, train, cfg.grid_split, opener, slide_size, cfg.mpp,
-            cfg.objective,
+            cfg.objective, cfg.stain_augment, cells if train else None,
         )
         for labels, train in ((cfg.labels_train, True), (cfg.labels_valid, False))
     )  # fmt: skip
