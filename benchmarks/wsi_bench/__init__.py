@@ -8,6 +8,7 @@ Importing this package is cheap (no torch, MONAI or tritonclient).
 """
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from wsi_tumor.errors import WsiTumorError
@@ -27,4 +28,26 @@ class BenchError(WsiTumorError):
     """The benchmark could not run, or its three maps disagree."""
 
 
-__all__ = ["BENCHMARKS_DIR", "BenchError", "child_env"]
+@dataclass(frozen=True)
+class Target:
+    """One goal of the run: ``measured >= threshold``."""
+
+    name: str
+    measured: float
+    threshold: float
+    detail: str
+
+    @property
+    def passed(self) -> bool:
+        """Whether the measured ratio reaches the threshold."""
+        return self.measured >= self.threshold
+
+    @property
+    def verdict(self) -> str:
+        """PASS, or MISS with the shortfall in percent of the threshold."""
+        if self.passed:
+            return "PASS"
+        return f"MISS by {100 * (1 - self.measured / self.threshold):.1f} %"
+
+
+__all__ = ["BENCHMARKS_DIR", "BenchError", "Target", "child_env"]

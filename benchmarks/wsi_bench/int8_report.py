@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from wsi_bench.report import Target
+from wsi_bench import Target
 
 SPEED_TARGETS = (
     ("f", "a", 20.0, "dense INT8 vs the MONAI baseline (cells/s)"),

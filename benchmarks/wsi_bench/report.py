@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from wsi_bench import BenchError
+from wsi_bench import BenchError, Target
 from wsi_tumor import contract
 
 AGREEMENT_TOLERANCE = 1e-4
@@ -73,28 +72,6 @@ def dense_agreement(
 def format_diffs(diffs: Mapping[str, float]) -> str:
     """``a-b 1.2e-06, ...``."""
     return ", ".join(f"{pair} {value:.2g}" for pair, value in diffs.items())
-
-
-@dataclass(frozen=True)
-class Target:
-    """One goal of the run: ``measured >= threshold``."""
-
-    name: str
-    measured: float
-    threshold: float
-    detail: str
-
-    @property
-    def passed(self) -> bool:
-        """Whether the measured ratio reaches the threshold."""
-        return self.measured >= self.threshold
-
-    @property
-    def verdict(self) -> str:
-        """PASS, or MISS with the shortfall in percent of the threshold."""
-        if self.passed:
-            return "PASS"
-        return f"MISS by {100 * (1 - self.measured / self.threshold):.1f} %"
 
 
 def best_perf(

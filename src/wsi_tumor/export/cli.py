@@ -141,10 +141,7 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
     if args.format == "onnx" and args.precision == "fp16":
         raise ConfigError("--precision fp16 needs --format tensorrt")
     if args.runtime == "python-torch" and args.precision != "fp32":
-        raise ConfigError(
-            "--runtime python-torch picks its own precision (FP16 on GPU instances, FP32 on "
-            "the CPU): leave --precision at fp32"
-        )
+        raise ConfigError("--runtime python-torch picks its own precision: leave --precision")
     if args.precision == "int8" and args.calibration is None:
         raise ConfigError(
             "--precision int8 needs --calibration (training slides: a wsi-synth dataset, a "
