@@ -26,7 +26,7 @@ def test_mean_interval_is_students_t() -> None:
 @pytest.mark.slow
 def test_quick_accuracy_run_has_every_stage(tmp_path: Path) -> None:
     out, work = tmp_path / "report", tmp_path / "work"
-    argv = ["--quick", "--quiet", "--out", str(out), "--workdir", str(work)]
+    argv = ["--quick", "--ablation", "--quiet", "--out", str(out), "--workdir", str(work)]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     seed = results["per_seed"]["0"]
