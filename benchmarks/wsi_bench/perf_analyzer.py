@@ -114,7 +114,8 @@ def detector_requests(
 
 
 def write_input_data(path: Path, requests: Sequence[dict[str, dict[str, object]]]) -> Path:
-    """Write perf_analyzer's ``--input-data`` JSON file."""
+    """Write perf_analyzer's ``--input-data`` JSON file (its folder made if needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"data": list(requests)}), encoding="utf-8")
     return path
 
