@@ -130,7 +130,7 @@ def _measure_fp32(
     from wsi_bench.machine import describe_machine
     from wsi_bench.resources import wait_idle
     from wsi_bench.sweep import run_sweep
-    from wsi_bench.ways import run_baseline_way, run_client_way
+    from wsi_bench.ways import run_baseline_way, run_client_ways
     from wsi_tumor.serving.local_server import LocalTritonServer
 
     server = LocalTritonServer(prepared.repository, log_path=workdir / "tritonserver.log")
@@ -157,21 +157,7 @@ def _measure_fp32(
                 threads=os.cpu_count() or 1,
             )
         ]
-        for key in ("b", "c", "d"):
-            wait_idle(server.pid)
-            log.info("way (%s)", key)
-            ways.append(
-                run_client_way(
-                    key,
-                    prepared.slide,
-                    server,
-                    workdir,
-                    sampler,
-                    readers=args.readers,
-                    inflight=args.dense_inflight if key == "d" else args.inflight,
-                )
-            )
-        sampler.unwatch("server")
+        ways += run_client_ways("bcd", prepared.slide, server, workdir, sampler, args)
     return machine, perf, ways
 
 

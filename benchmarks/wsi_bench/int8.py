@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from wsi_bench import BenchError
-from wsi_bench.resources import TreeSampler, wait_idle
+from wsi_bench.resources import TreeSampler
 from wsi_bench.ways import WayResult
 from wsi_tumor import contract
 from wsi_tumor.stages import Stage, console_script, run_stage
@@ -135,7 +135,7 @@ def measure_int8(
         (perf rows tagged ``precision="int8"``, the two ways).
     """
     from wsi_bench.sweep import run_sweep
-    from wsi_bench.ways import run_client_way
+    from wsi_bench.ways import run_client_ways
     from wsi_tumor.serving.local_server import LocalTritonServer
 
     server = LocalTritonServer(prepared.int8_repository, log_path=workdir / "tritonserver_int8.log")
@@ -148,22 +148,7 @@ def measure_int8(
             if args.skip_perf
             else run_sweep(server.grpc_url, plan, workdir / "int8", prepared.crop, server.pid)
         )
-        ways = []
-        for key, (_, mode) in INT8_WAYS.items():
-            wait_idle(server.pid)
-            log.info("way (%s): %s mode, INT8", key, mode)
-            ways.append(
-                run_client_way(
-                    key,
-                    prepared.slide,
-                    server,
-                    workdir,
-                    sampler,
-                    readers=args.readers,
-                    inflight=args.dense_inflight if mode == "dense" else args.inflight,
-                )
-            )
-        sampler.unwatch("server")
+        ways = run_client_ways("".join(INT8_WAYS), prepared.slide, server, workdir, sampler, args)
     return [dataclasses.replace(row, precision="int8") for row in perf], ways
 
 

@@ -211,6 +211,33 @@ CLIENT_WAYS = {
 """Key -> (module run as ``python -m``, extra flags, what goes on the wire)."""
 
 
+def run_client_ways(
+    keys: str,
+    slide: Path,
+    server: LocalTritonServer,
+    workdir: Path,
+    sampler: TreeSampler,
+    args: Any,
+) -> list[WayResult]:
+    """The client ways ``keys`` one after another, each on an idle server; dense ways send
+    ``args.dense_inflight`` requests at a time, the others ``args.inflight``."""
+    from wsi_bench.resources import wait_idle
+
+    results = []
+    for key in keys:
+        wait_idle(server.pid or 0)
+        log.info("way (%s): %s", key, CLIENT_WAYS[key][2])
+        dense = "dense" in CLIENT_WAYS[key][1]
+        inflight = args.dense_inflight if dense else args.inflight
+        results.append(
+            run_client_way(
+                key, slide, server, workdir, sampler, readers=args.readers, inflight=inflight
+            )
+        )
+    sampler.unwatch("server")
+    return results
+
+
 def run_client_way(
     key: str,
     slide: Path,
