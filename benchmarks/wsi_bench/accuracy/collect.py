@@ -154,7 +154,9 @@ def collect_seed(
         result["int8_vs_fp32"] = agreement(
             paths.predictions(final, "dense"), paths.predictions(final, "dense-int8"), names
         )
-    result["mining"] = mining(paths, final)
+    # the recipe's mining, else the ablation's hard-negative variant's
+    mined = (mining(paths, levers) for levers in (final, *variants))
+    result["mining"] = next((m for m in mined if m is not None), None)
     result["per_slide"] = {
         name: {
             "label": meta["label"],

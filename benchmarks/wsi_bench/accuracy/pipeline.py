@@ -50,20 +50,22 @@ class Runner:
     """Runs (or reuses) stages and records their timings.
 
     A stage belongs to scopes, outermost first (the seed's shared stages, the first model of a
-    stain setting, a variant). It is reused when its marker holds the same command and no
-    stage of its scopes ran in this session: a stage that ran makes everything after it in
-    its scope run again.
+    stain setting, a variant). It is reused when its marker holds the same command and either
+    it ran in this session (variants share a first model) or no stage of its scopes did: a
+    stage that ran makes everything after it in its scope run again.
     """
 
     quiet: bool
     records: list[StageRecord] = field(default_factory=list)
     ran: set[tuple[int, str]] = field(default_factory=set)
+    written: set[Path] = field(default_factory=set)
 
     def done(self, seed: int, scopes: Sequence[str], marker: Path, argv: Sequence[str]) -> bool:
         """Whether the stage can be reused (see the class docstring)."""
-        if any((seed, scope) in self.ran for scope in scopes):
-            return False
-        return marker.is_file() and marker.read_text() == _identity(argv)
+        same = marker.is_file() and marker.read_text() == _identity(argv)
+        if marker in self.written:
+            return same
+        return same and not any((seed, scope) in self.ran for scope in scopes)
 
     def run(
         self, seed: int, scopes: Sequence[str], name: str, argv: list[str], marker: Path
@@ -78,6 +80,7 @@ class Runner:
         stage = run_stage(Stage(f"{name} (seed {seed}, {variant})", argv))
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(_identity(argv))
+        self.written.add(marker)
         self.ran.add((seed, variant))
         self.records.append(StageRecord(seed, variant, name, round(stage.seconds, 1), False))
 
@@ -206,6 +209,7 @@ def _infer(runner: Runner, slides: list[str], out: Path, url: str, mode: str) ->
 def score_variant(
     runner: Runner,
     seed: int,
+    sizes: Sizes,
     paths: SeedPaths,
     levers: Levers,
     checkpoint: Path,
@@ -237,7 +241,9 @@ def score_variant(
         runner.run(seed, scopes, "export both networks in INT8", [
             console_script("wsi-export"), "--checkpoint", str(checkpoint),
             "--repository", str(quantised), "--precision", "int8",
-            "--calibration", str(paths.data), *runner.flags,
+            "--calibration", str(paths.data),
+            "--calibration-patches", str(sizes.calibration_patches),
+            "--calibration-regions", str(sizes.calibration_regions), *runner.flags,
         ], run / ".export_int8")  # fmt: skip
         if levers.slide_classifier:  # the same scorer: it scores maps, not weights
             from wsi_tumor.serving.repository import set_detector_parameter
@@ -317,5 +323,5 @@ def run_seed(
         checkpoint = train_variant(runner, seed, sizes, paths, levers)
         is_final = levers.model_key == final.model_key
         modes = ["dense", "exact"] if exact and is_final else ["dense"]
-        score_variant(runner, seed, paths, levers, checkpoint, modes, int8 and is_final)
+        score_variant(runner, seed, sizes, paths, levers, checkpoint, modes, int8 and is_final)
     return time.perf_counter() - started

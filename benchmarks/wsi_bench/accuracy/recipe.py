@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from wsi_tumor.export.calibration import DEFAULT_PATCHES, DEFAULT_REGIONS
+
 
 @dataclass(frozen=True)
 class Levers:
@@ -70,11 +72,13 @@ class Sizes:
     batch_size: int = 4
     valid_steps: int = 10
     workers: int = 2
+    calibration_patches: int = DEFAULT_PATCHES
+    calibration_regions: int = DEFAULT_REGIONS
 
 
 QUICK: Final = Sizes(
     train=2, valid=4, test=2, preset="hard-small", epochs=1, steps_per_epoch=2,
-    finetune_steps=1, valid_steps=1,
+    finetune_steps=1, valid_steps=1, calibration_patches=32, calibration_regions=4,
 )  # fmt: skip
 """``--quick``: every stage on small slides, for the test suite."""
 
