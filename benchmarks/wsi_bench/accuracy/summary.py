@@ -32,7 +32,7 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> dict[str, Any
     if x.size < 2:
         return {"n": int(x.size), "mean": mean, "sd": None, "low": None, "high": None}
     sd = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1)) * sd / np.sqrt(x.size)
+    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * sd / np.sqrt(x.size))
     return {"n": int(x.size), "mean": mean, "sd": sd, "low": mean - half, "high": mean + half}
 
 
