@@ -252,6 +252,7 @@ def test_tree_sampler_sees_this_process() -> None:
 
 @pytest.mark.slow
 @pytest.mark.triton
+@pytest.mark.timeout(1800)  # two servers, MONAI's pipeline and 6 ways: 9 min on 2 busy cores
 def test_tiny_end_to_end_run(tmp_path: Path) -> None:
     """Every way, FP32 (a-d) and INT8 (e, f), and perf_analyzer on both servers, on a tiny
     slide with seeded weights (no training)."""

@@ -184,7 +184,7 @@ def read_detections(path: str | Path) -> Detections:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:  # a map (.npy) is not a detections CSV
         raise EvaluationError(f"{path}: cannot read detections: {exc}") from exc
     rows: list[tuple[float, float, float]] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
