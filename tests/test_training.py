@@ -613,7 +613,7 @@ def test_region_augment_moves_labels_with_the_pixels() -> None:
             value = 200 * GRID[row][col] + 20
             crop[row * 256 : row * 256 + 224, col * 256 : col * 256 + 224] = value
     augment = RegionAugment()
-    augment.jitter = lambda image: image  # type: ignore[assignment, method-assign]
+    augment.colour = lambda image: image  # type: ignore[assignment, method-assign]
     seen = set()
     for seed in range(12):
         torch.manual_seed(seed)
