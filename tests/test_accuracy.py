@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from wsi_bench.accuracy.cli import main
+from wsi_bench.accuracy.recipe import RECIPE
 from wsi_bench.accuracy.summary import mean_interval
 from wsi_tumor.data.hard import CONFOUNDERS
 
@@ -42,7 +43,7 @@ def test_quick_accuracy_run_has_every_stage(tmp_path: Path) -> None:
     for block in ("dense_vs_exact", "int8_vs_fp32"):
         assert seed[block]["cells"] > 0 and -1.0 <= seed[block]["pearson"] <= 1.0
     # every slide of the recipe's run carries the classifier's probability and features
-    reports = sorted((work / "seed_0").glob("*/predictions_dense/test_*.json"))
+    reports = sorted((work / "seed_0" / RECIPE.model_key).glob("predictions_dense/test_*.json"))
     assert reports
     for report in reports:
         scored = json.loads(report.read_text())["slide_classifier"]
