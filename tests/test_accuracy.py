@@ -25,7 +25,7 @@ def test_mean_interval_is_students_t() -> None:
 
 @pytest.mark.triton
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # every stage of the ablation: 16.5 min on 2 busy cores (load 5)
+@pytest.mark.timeout(1800)  # every stage of the ablation: 7.6 min on a quiet 2-core runner
 def test_quick_accuracy_run_has_every_stage(tmp_path: Path) -> None:
     out, work = tmp_path / "report", tmp_path / "work"
     argv = ["--quick", "--ablation", "--quiet", "--out", str(out), "--workdir", str(work)]
