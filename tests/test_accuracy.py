@@ -25,11 +25,12 @@ def test_mean_interval_is_students_t() -> None:
 
 @pytest.mark.triton
 @pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.timeout(1800)  # every stage of the ablation: 7.6 min on a quiet 2-core runner
 def test_quick_accuracy_run_has_every_stage(tmp_path: Path) -> None:
     out, work = tmp_path / "report", tmp_path / "work"
-    argv = ["--quick", "--ablation", "--quiet", "--out", str(out), "--workdir", str(work)]
-    assert main(argv) == 0
+    argv = ["--quick", "--ablation", "--quiet", "--workdir", str(work)]
+    assert main([*argv, "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     seed = results["per_seed"]["0"]
     assert seed["dataset"]["test_slides"] == 2 and seed["dataset"]["tumour_test_slides"] == 1
