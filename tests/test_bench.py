@@ -251,8 +251,9 @@ def test_tree_sampler_sees_this_process() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.triton
-@pytest.mark.timeout(1800)  # two servers, MONAI's pipeline and 6 ways: 9 min on 2 busy cores
+@pytest.mark.timeout(1800)  # two servers, MONAI's pipeline and 6 ways: 6 min on 2 quiet cores
 def test_tiny_end_to_end_run(tmp_path: Path) -> None:
     """Every way, FP32 (a-d) and INT8 (e, f), and perf_analyzer on both servers, on a tiny
     slide with seeded weights (no training)."""
@@ -261,6 +262,7 @@ def test_tiny_end_to_end_run(tmp_path: Path) -> None:
     out = tmp_path / "results"
     argv = ["--out", str(out), "--size", "2048", "--weights", "seeded", "--regions", "1",
             "--dense-regions", "1", "--concurrency", "1", "--request-count", "3",
+            "--calibration-patches", "32", "--calibration-regions", "4",
             "--workdir", str(tmp_path / "work")]  # fmt: skip
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
@@ -281,7 +283,8 @@ def test_tiny_end_to_end_run(tmp_path: Path) -> None:
     for stats in int8["agreement"].values():
         assert stats["cells"] == ways["b"]["patches"] and stats["max_abs_diff"] < 0.1
     assert int8["kernels"]["tumor_detector_dense"]["QLinearConv"] == 20
-    assert int8["records"]["tumor_classifier"]["calibration"]["slides"]
+    calibration = int8["records"]["tumor_classifier"]["calibration"]
+    assert calibration["slides"] and calibration["patches"] == 32
     names = [t["name"] for t in results["targets"]]
     assert any(n.startswith("f/a") for n in names) and any(n.startswith("e/b") for n in names)
     report = (out / "report.md").read_text()

@@ -36,6 +36,7 @@ from wsi_bench import BenchError
 from wsi_bench.prepare import Prepared, prepare
 from wsi_tumor import contract
 from wsi_tumor.commandline import EXIT_OK, make_parser, run_command
+from wsi_tumor.export.calibration import DEFAULT_PATCHES, DEFAULT_REGIONS
 from wsi_tumor.fileio import parse_int_list, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="also export, serve and measure the INT8 repository (ways e and f)",
     )
+    parser.add_argument(
+        "--calibration-patches", type=int, default=DEFAULT_PATCHES,
+        help="INT8 calibration patches (wsi-export's default)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--calibration-regions", type=int, default=DEFAULT_REGIONS,
+        help="INT8 calibration regions (wsi-export's default)",
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=None, help="keep work files here")
     parser.add_argument(
         "--regions", type=parse_int_list, default=[1, 4], help="exact regions/request"

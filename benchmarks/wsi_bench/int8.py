@@ -77,8 +77,9 @@ def quick_checkpoint(data: Path, workdir: Path, *, seed: int, quiet: bool = True
     return out / "best.pt"
 
 
-def export_int8(checkpoint: Path, data: Path, workdir: Path) -> Path:
-    """The INT8 repository (``python-onnxruntime``) of ``checkpoint``, calibrated on ``data``."""
+def export_int8(checkpoint: Path, data: Path, workdir: Path, patches: int, regions: int) -> Path:
+    """The INT8 repository (``python-onnxruntime``) of ``checkpoint``, calibrated on
+    ``patches`` patches and ``regions`` regions of ``data``."""
     from wsi_tumor.export.cli import ExportConfig, run_export
 
     repository = workdir / "model_repository_int8"
@@ -90,6 +91,8 @@ def export_int8(checkpoint: Path, data: Path, workdir: Path) -> Path:
             precision="int8",
             parity_patches=8,
             calibration=data,
+            calibration_patches=patches,
+            calibration_regions=regions,
         )
     )
     return repository

@@ -92,7 +92,10 @@ def prepare(args: argparse.Namespace, workdir: Path) -> Prepared:
     slides, checkpoint, repository = synth_and_export(
         workdir, slides=1, size=args.size, seed=args.seed, checkpoint=checkpoint
     )
-    int8 = export_int8(checkpoint, data, workdir) if args.int8 and data is not None else None
+    int8 = None
+    if args.int8 and data is not None:
+        patches, regions = args.calibration_patches, args.calibration_regions
+        int8 = export_int8(checkpoint, data, workdir, patches, regions)
     geometry, crop = slide_geometry(slides[0], contract.REGION_CELLS)
     return Prepared(slides[0], checkpoint, repository, geometry, crop, int8, weights)
 
