@@ -9,7 +9,7 @@ GPU_PROBE_ARGS ?=
 GPU_BUNDLE_ARGS ?=
 GPU_SERVE_ARGS ?= --device cpu --tiny
 
-.PHONY: setup test lint demo bench accuracy accuracy-ablation soak gpu-probe gpu-bundle gpu-serve-check docs-check clean
+.PHONY: setup test test-e2e lint demo bench accuracy accuracy-ablation soak gpu-probe gpu-bundle gpu-serve-check docs-check clean
 
 setup:
 	@bash scripts/setup.sh
@@ -20,7 +20,10 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+test-e2e: setup
+	$(PYTHON) -m pytest -m e2e $(PYTEST_ARGS)
 
 demo: setup
 	$(PYTHON) -m wsi_tumor.demo $(DEMO_ARGS)

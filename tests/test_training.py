@@ -415,6 +415,7 @@ def test_torchrun_two_process_gloo(tmp_path: Path, objective: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_cpu_run_on_wsi_synth_slides_reaches_validation_accuracy(tmp_path: Path) -> None:
     """A few CPU minutes on real pyramidal TIFFs from wsi-synth give >= 0.9 patch accuracy."""
     from wsi_tumor.data.synthetic import SynthConfig, generate
