@@ -6,10 +6,11 @@ show::
     the recipe's FROC is 0.812<!-- accuracy/results.json summary.recipe.froc.mean -->
 
 The path is relative to ``benchmarks/results/``; the key path walks the JSON (dots between
-keys, list indices as numbers). The figure is compared with the value rounded to as many
-decimals as it is quoted with (thousands separators and a trailing ``%`` or ``x`` are
-allowed; a ``%`` figure is the value times 100). ``make docs-check`` and the test suite run
-:func:`check`; every mismatch, unknown file or key is reported with its file and line.
+keys, list indices as numbers; a key may hold spaces and ``#``, as the soak's part names
+do). The figure is compared with the value rounded to as many decimals as it is quoted with
+(thousands separators and a trailing ``%`` or ``x`` are allowed; a ``%`` figure is the value
+times 100). ``make docs-check`` and the test suite run :func:`check`; every mismatch, unknown
+file or key is reported with its file and line.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ ROOT: Final = Path(__file__).resolve().parents[2]
 RESULTS: Final = ROOT / "benchmarks" / "results"
 MARKER: Final = re.compile(
     r"(?P<figure>[-+]?\d[\d,]*(?:\.\d+)?) ?(?P<unit>%|x)?\*{0,2}\s*"
-    r"<!--\s*(?P<file>[\w./-]+\.json)\s+(?P<key>[\w.\-]+)\s*-->"
+    r"<!--\s*(?P<file>[\w./-]+\.json)\s+(?P<key>[\w.\-# ]+?)\s*-->"
 )
 
 
