@@ -43,7 +43,10 @@ from wsi_tumor.errors import ConfigError
 START_TIMEOUT_S = 180.0
 """Bound on starting the two Ray nodes on a slow, loaded machine."""
 SLIDES = 4
-WIDTH, HEIGHT = 1024, 768
+WIDTH, HEIGHT = 2048, 1536
+"""About 200 patches a slide: several progress snapshots fall inside node b's slides even on a
+fast runner (at 1024 x 768, 60 patches, a fast CI runner finished node b's second slide
+between two snapshots and nothing was killed)."""
 RAY_BIN = Path(sys.executable).parent / "ray"
 # Ray notices a dead node after missing heartbeats; these settings make that ~10 s instead of
 # the production default's ~30 s without risking a live node of a loaded machine.
@@ -428,9 +431,15 @@ def test_cohort_survives_a_dead_node(
     killed: dict[str, str] = {}  # the slide
     times: dict[str, float] = {}  # kill, retry (monotonic)
     seen_on_b: list[str] = []
+    trace: list[str] = []  # what each snapshot showed, for the failure message
 
     def kill_node_b_mid_slide(snapshot: CohortSnapshot) -> None:
         """Kill node b mid-slide: its second slide, or its first if it gets no second."""
+        running = ", ".join(
+            f"{Path(s).stem}@{'b' if r.node == nodes['node_b'] else 'a'}:{r.patches}"
+            for s, r in snapshot.running.items()
+        )
+        trace.append(f"{time.monotonic() - started:.2f}s done={snapshot.slides_done} [{running}]")
         if killed:
             retry = snapshot.running.get(killed["slide"])
             if retry is not None and retry.attempt > 1:
@@ -455,7 +464,7 @@ def test_cohort_survives_a_dead_node(
         cohort = run_on_ray(config, cluster.address, progress=kill_node_b_mid_slide)
     cohort_s = time.monotonic() - started
 
-    assert killed, "node b was never seen mid-slide: nothing was killed"
+    assert killed, "node b was never seen mid-slide: nothing was killed\n" + "\n".join(trace)
     killed_stem = Path(killed["slide"]).stem
     assert [r.status for r in cohort.slides] == ["complete"] * SLIDES, cohort.slides
     assert cohort.exit_code == 0
