@@ -5,6 +5,7 @@ pool growing."""
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,10 +21,13 @@ from wsi_tumor.serving.memory import (
     JEMALLOC_CONF,
     MIB,
     POOL_MARGIN_BYTES,
+    REGION_PREFIX,
+    STALE_AFTER_S,
     allocator,
     find_library,
     largest_execution_bytes,
     pool_settings,
+    sweep_stale_regions,
 )
 
 PATCH_BYTES = 3 * 224 * 224 * 4
@@ -60,6 +64,33 @@ def test_allocator_choices() -> None:
     else:
         assert auto.name == "jemalloc" and auto.library == jemalloc
         assert auto.env == {"LD_PRELOAD": f"{jemalloc}:/x.so", "MALLOC_CONF": JEMALLOC_CONF}
+
+
+def test_sweep_removes_only_old_regions_that_no_process_uses(tmp_path) -> None:
+    import mmap
+
+    def region(name: str, age_s: float) -> Path:
+        path = tmp_path / name
+        path.write_bytes(b"\0" * 8192)
+        earlier = time.time() - age_s
+        os.utime(path, (earlier, earlier))
+        return path
+
+    old = 2 * STALE_AFTER_S
+    stale = region(f"{REGION_PREFIX}a", old)
+    mapped = region(f"{REGION_PREFIX}b", old)
+    held = region(f"{REGION_PREFIX}c", old)
+    young = region(f"{REGION_PREFIX}d", 0)
+    foreign = region("other_region", old)
+    with open(mapped, "r+b") as file, mmap.mmap(file.fileno(), 0) as view, open(held, "rb"):
+        file.close()  # only the mapping keeps it in use
+        assert sweep_stale_regions(tmp_path) == [stale]
+        assert view[:1] == b"\0"
+    assert [p for p in (stale, mapped, held, young, foreign) if p.exists()] == [
+        mapped, held, young, foreign
+    ]  # fmt: skip
+    assert sweep_stale_regions(tmp_path, min_age_s=0) == [mapped, held, young]
+    assert sweep_stale_regions(tmp_path) == [] and foreign.exists()
 
 
 def _pool(pid: int) -> list[tuple[int, int]]:

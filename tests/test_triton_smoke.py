@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from wsi_tumor.errors import ServerError
@@ -114,6 +118,31 @@ def test_a_killed_server_leaves_no_shared_memory_behind(affine_repository: Path)
     assert regions and all(path.exists() for path in regions)  # one per Python-backend stub
     server.kill()  # SIGKILL: tritonserver cannot unlink them itself
     assert not any(path.exists() for path in regions)
+
+
+def test_regions_of_a_server_killed_from_outside_are_swept_at_the_next_start(
+    affine_repository: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from wsi_tumor.serving.local_server import shm_regions
+    from wsi_tumor.serving.memory import STALE_AFTER_S
+
+    first = LocalTritonServer(affine_repository).start()
+    assert first.pid is not None
+    regions = shm_regions(first.pid)
+    group = [psutil.Process(first.pid), *psutil.Process(first.pid).children(recursive=True)]
+    os.killpg(first.pid, signal.SIGKILL)  # from outside (the OOM killer): nothing cleans up
+    psutil.wait_procs(group, timeout=30)
+    assert regions and all(path.exists() for path in regions)
+    earlier = time.time() - 2 * STALE_AFTER_S  # as if killed a while ago
+    for path in regions:
+        os.utime(path, (earlier, earlier))
+    with caplog.at_level("WARNING"), LocalTritonServer(affine_repository) as second:
+        assert second.pid is not None
+        live = shm_regions(second.pid)
+        assert not any(path.exists() for path in regions)
+        assert live and all(path.exists() for path in live) and not set(live) & set(regions)
+    assert f"removed {len(regions)} Python-backend pool region(s) of killed servers" in caplog.text
+    first.stop()
 
 
 def test_missing_repository_is_a_clear_error(tmp_path: Path) -> None:

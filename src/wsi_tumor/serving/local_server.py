@@ -26,7 +26,14 @@ from pathlib import Path
 from types import TracebackType
 
 from wsi_tumor.errors import ServerError
-from wsi_tumor.serving.memory import Allocator, PoolSettings, allocator, pool_settings
+from wsi_tumor.serving.memory import (
+    Allocator,
+    PoolSettings,
+    allocator,
+    pool_settings,
+    shm_files_in_use,
+    sweep_stale_regions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +49,10 @@ ADMIN_HEADER = "wsi-admin-key"
 
 
 def shm_regions(pid: int) -> list[Path]:
-    """The shared-memory files (``/dev/shm``) process ``pid`` maps: for a tritonserver, the
-    Python backend's regions, one per stub. Empty where ``/proc`` cannot be read."""
-    try:
-        maps = Path(f"/proc/{pid}/maps").read_text()
-    except OSError:
-        return []
-    found = {line.split(None, 5)[5].strip() for line in maps.splitlines() if "/dev/shm/" in line}
-    return sorted(Path(path) for path in found if not path.endswith("(deleted)"))
+    """The shared-memory files (``/dev/shm``) process ``pid`` maps or holds open: for a
+    tritonserver, the Python backend's regions, one per stub. Empty where ``/proc`` cannot
+    be read."""
+    return sorted(shm_files_in_use([pid]))
 
 
 def _limit_file_size(limit: int) -> None:
@@ -199,6 +202,7 @@ class LocalTritonServer:
         if not repository.is_dir():
             raise ServerError(f"{repository}: model repository directory does not exist")
         binary = self.binary or find_tritonserver()
+        sweep_stale_regions()
         if self.log_path is None:
             handle, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(handle)

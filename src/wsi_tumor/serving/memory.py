@@ -18,15 +18,22 @@ Two things make a Triton server's memory look like a leak (``make soak``,
   file-size limit (``RLIMIT_FSIZE``) at the ceiling, so a larger request is refused where
   the server copies it into the pool, before it reaches a stub, and the pool stays put.
 
+A server killed from outside (SIGKILL, the OOM killer) cannot remove its regions, and each
+holds its memory in ``/dev/shm`` until reboot: :func:`sweep_stale_regions` removes those no
+process uses before a local server starts.
+
 Ceiling of the server's memory (``docs/reliability.md`` gives the measured terms):
 ``server + stubs + pool <= S + sum(stub_i) + instances * ceiling_bytes``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -56,6 +63,11 @@ GLIBC_TUNING: Final = {
 above 128 KiB mmap'd and unmapped on free, the heap's free top returned above 128 KiB."""
 JEMALLOC_CONF: Final = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"
 """jemalloc returns freed pages within a second, from a background thread."""
+SHM_DIRECTORY: Final = Path("/dev/shm")
+REGION_PREFIX: Final = "triton_python_backend_shm_region_"
+"""The Python backend's region names (its ``shm-region-prefix-name`` default)."""
+STALE_AFTER_S: Final = 60.0
+"""A region is only swept when older than this (a starting server creates it, then maps it)."""
 LIBRARIES: Final = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}
 ALLOCATORS: Final = ("auto", "jemalloc", "tcmalloc", "glibc")
 
@@ -170,3 +182,58 @@ def allocator(choice: str = "auto", preload: str = "") -> Allocator:
         if choice == name:
             raise ConfigError(f"{LIBRARIES[name]} not found: install it (make setup) or use auto")
     return Allocator("glibc", None, dict(GLIBC_TUNING))
+
+
+def shm_files_in_use(pids: Iterable[int | str], directory: Path = SHM_DIRECTORY) -> set[Path]:
+    """The files under ``directory`` that processes ``pids`` map or hold open; a process whose
+    ``/proc`` entries cannot be read (gone, another user's) adds nothing."""
+    prefix, names = f"{directory}/", []
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        names += [line.split(None, 5)[-1] for line in maps.splitlines() if prefix in line]
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                names.append(os.readlink(fd))
+    found = set()
+    for name in names:
+        name = name.strip()
+        if name.startswith(prefix) and not name.endswith("(deleted)"):
+            found.add(Path(name))
+    return found
+
+
+def sweep_stale_regions(
+    directory: Path = SHM_DIRECTORY, min_age_s: float = STALE_AFTER_S
+) -> list[Path]:
+    """Remove the Python-backend regions of servers that were killed: this user's
+    :data:`REGION_PREFIX` files older than ``min_age_s`` that no process maps or holds open.
+
+    Returns:
+        The removed files (a warning names them and the memory freed).
+    """
+    now, uid = time.time(), os.getuid()
+    candidates = {}
+    for path in directory.glob(f"{REGION_PREFIX}*"):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        if stat.st_uid == uid and now - stat.st_mtime >= min_age_s:
+            candidates[path] = stat.st_blocks * 512
+    if not candidates:
+        return []
+    pids = (entry.name for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    stale = sorted(set(candidates) - shm_files_in_use(pids, directory))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        freed = sum(candidates[path] for path in stale) / MIB
+        log.warning(
+            "removed %d Python-backend pool region(s) of killed servers (%.0f MiB): %s",
+            len(stale), freed, ", ".join(path.name for path in stale),
+        )  # fmt: skip
+    return stale
