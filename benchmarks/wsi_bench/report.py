@@ -264,8 +264,13 @@ def render_markdown(results: Mapping[str, Any], targets: Sequence[Target], chart
                 if "candidates" in dense
                 else ""
             )
-            + ". With random-init weights these figures say little; the accuracy benchmark "
-            "(`make accuracy`) compares the modes on a trained model."
+            + (
+                ". With random-init weights these figures say little"
+                if any("random-init" in line for line in results["setup"])
+                else ". The weights had a short demo training on synthetic slides"
+            )
+            + "; the accuracy benchmark (`make accuracy`) compares the modes on the product's "
+            "trained model."
         )
     from wsi_bench.int8_report import render_int8
 
