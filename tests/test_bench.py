@@ -93,6 +93,7 @@ def fake_results() -> dict:
         },
         "slide": {"description": "synthetic"},
         "setup": ["model: seeded"],
+        "weights": "seeded random-init weights",
         "models": {"classifier": "tumor_classifier", "detector": "tumor_detector"},
         "perf": perf,
         "client_batch": 160.0,
@@ -167,6 +168,10 @@ def test_report_renders_machine_targets_tables_and_ratios(tmp_path: Path) -> Non
     assert "- b/c = 1.25" in text and "bytes on the wire c/b = 300.0x" in text
     assert "- d/a = 12.50" in text and "- d/b = 5.00" in text
     assert "Pearson 0.9900" in text and "3 found by both, 1 only exact, 0 only dense" in text
+    assert "come from seeded random-init weights; these figures say little with them;" in text
+    results["weights"] = "the checkpoint /w.pt"
+    text_given = render_markdown(results, targets, "throughput.png")
+    assert "come from the checkpoint /w.pt; the accuracy benchmark" in text_given
     assert "| (b) | tumor_classifier | 4 | 2 | 10 | 3002 | 1501 |" in text
     assert "![throughput](throughput.png)" in text and "- tuned nothing" in text
     chart = render_chart(results, tmp_path / "chart.png")

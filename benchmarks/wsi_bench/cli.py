@@ -231,6 +231,7 @@ def report(
             ),
         },
         "setup": _setup_lines(args, measured["machine"], plan, prepared.weights),
+        "weights": prepared.weights,
         "models": {
             "classifier": contract.CLASSIFIER_MODEL,
             "detector": contract.ENSEMBLE_MODEL,

@@ -20,6 +20,9 @@ import numpy.typing as npt
 from wsi_bench import BenchError
 from wsi_tumor import contract
 
+SEEDED_WEIGHTS = "seeded random-init weights"
+"""How the report names ``--weights seeded`` (whose map agreement says little)."""
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -31,7 +34,7 @@ class Prepared:
     geometry: dict[str, Any]
     crop: npt.NDArray[np.uint8]
     int8_repository: Path | None = None
-    weights: str = "seeded random-init weights"
+    weights: str = SEEDED_WEIGHTS
 
 
 def _seeded_checkpoint(path: Path) -> Path:
@@ -88,7 +91,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> Prepared:
         checkpoint = quick_checkpoint(data, workdir, seed=args.seed)
         weights = "weights trained in this run (demo recipe, synthetic training set)"
     elif checkpoint is None:
-        weights = "seeded random-init weights"
+        weights = SEEDED_WEIGHTS
     slides, checkpoint, repository = synth_and_export(
         workdir, slides=1, size=args.size, seed=args.seed, checkpoint=checkpoint
     )

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from wsi_bench import BenchError, Target
+from wsi_bench.prepare import SEEDED_WEIGHTS
 from wsi_tumor import contract
 
 AGREEMENT_TOLERANCE = 1e-4
@@ -252,6 +253,7 @@ def render_markdown(results: Mapping[str, Any], targets: Sequence[Target], chart
     ]
     dense = results.get("dense_agreement")
     if dense:
+        random_init = results["weights"] == SEEDED_WEIGHTS
         pearson = "n/a" if dense["pearson"] is None else f"{dense['pearson']:.4f}"
         lines.append(
             f"Dense map (d) vs exact (b) over {dense['cells']} tissue cells: max |diff| "
@@ -264,12 +266,9 @@ def render_markdown(results: Mapping[str, Any], targets: Sequence[Target], chart
                 if "candidates" in dense
                 else ""
             )
-            + (
-                ". With random-init weights these figures say little"
-                if any("random-init" in line for line in results["setup"])
-                else ". The weights had a short demo training on synthetic slides"
-            )
-            + "; the accuracy benchmark (`make accuracy`) compares the modes on the product's "
+            + f". These maps come from {results['weights']}; "
+            + ("these figures say little with them; " if random_init else "")
+            + "the accuracy benchmark (`make accuracy`) compares the modes on the product's "
             "trained model."
         )
     from wsi_bench.int8_report import render_int8
