@@ -74,6 +74,18 @@ def test_server_statistics_deltas_and_the_breakdown_arithmetic() -> None:
     assert found["projected_1m_s"] == pytest.approx(100 + 2 + 25)
 
 
+def test_progress_log_gives_a_cut_runs_cells_and_rate(tmp_path: Path) -> None:
+    path = tmp_path / "run.progress"
+    assert runs.read_progress(path) is None  # killed before its first answer
+    path.write_text("1.500 100\n")
+    assert runs.read_progress(path) == {"cells": 100, "answers": 1, "first_answer_s": 1.5,
+                                        "last_answer_s": 1.5, "cells_per_s": None}  # fmt: skip
+    path.write_text("1.500 100\n2.500 300\n5.500 900\n6.1")  # the last line torn by the kill
+    found = runs.read_progress(path)
+    assert found is not None and (found["cells"], found["answers"]) == (900, 3)
+    assert found["cells_per_s"] == pytest.approx(800 / 4.0)  # cells after the first answer
+
+
 def test_agreement_fails_a_moved_map() -> None:
     rng = np.random.default_rng(0)
     reference = np.where(rng.random((12, 16)) < 0.6, rng.random((12, 16)), 0).astype(np.float32)
@@ -115,6 +127,8 @@ def test_tiny_cpu_mode_runs_every_stage_through_the_real_server(
         run = report["runs"][mode]
         assert run["exit"] == 0 and run["cut"] is False
         assert abs(run["cells"] - cells) <= 0.2 * cells and run["cells_per_s_stream"] > 0
+        # the progress log (what a cut run is measured by) counted every answered cell
+        assert run["progress"]["cells"] == run["cells"]
         assert run["server_peak_rss_mib"] > 100 and run["client"]["peak_rss_mib"] > 100
         top = contract.DENSE_MODEL if mode == "dense" else contract.ENSEMBLE_MODEL
         assert run["server_models"][top]["requests"] == run["requests"]

@@ -28,13 +28,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpu_serve", description="tritonserver + wsi-infer on a gigapixel slide, measured"
     )
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cuda", "cpu"),
+        default="auto",
+        help="where the server's instances run (auto: cuda where torch sees a GPU)",
+    )
     parser.add_argument(
         "--bundle", type=Path, default=None, help="the carried .gpu-bundle (default: this venv)"
     )
     parser.add_argument("--tiny", action="store_true", help="a small slide: the suite's mode")
-    parser.add_argument("--budget-s", type=float, default=None, help="default 420 (tiny 150)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_serve"))
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="seconds all stages share; a run past its slice is cut (default 420, tiny 150)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("benchmarks/results/gpu_serve"),
+        help="where gpu_serve.json and gpu_serve.md go (also copied to $OUT when set)",
+    )
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: random init")
     parser.add_argument("--readers", type=int, default=None, help="default: cores, at most 16")
     parser.add_argument("--inflight", type=int, default=None, help="default: 2 x readers")

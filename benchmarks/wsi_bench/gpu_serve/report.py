@@ -49,8 +49,12 @@ def render(report: Json) -> str:
         rate = run.get("cells_per_s_slide")
         busy = run.get("gpu_busy_share", run.get("gpu_busy_share_from_compute"))
         projected = run.get("projected_1m_s")
+        cells, stream = fmt(run.get("cells")), fmt(run.get("cells_per_s_stream"))
+        if run.get("cut"):  # how far the run got before its deadline, and how fast
+            cells = f"{fmt(run.get('partial_cells'))} (cut)"
+            stream = f"{fmt(run.get('partial_cells_per_s'))} (cut)"
         lines.append(
-            f"| {name} | {fmt(run.get('cells'))} | {fmt(run.get('cells_per_s_stream'))} | "
+            f"| {name} | {cells} | {stream} | "
             f"{fmt(rate)} | {fmt(TARGETS[mode])} | "
             f"{fmt(rate >= TARGETS[mode]) if rate else '-'} | {fmt(projected)} | "
             f"{fmt(MONAI_S / projected) + 'x' if projected else '-'} | {fmt(busy)} | "
@@ -61,7 +65,8 @@ def render(report: Json) -> str:
               "tissue mask and outputs included, which the target is held to; the projection "
               "streams 1M cells at the measured rate and adds a 1M-cell slide's mask and outputs "
               "and the process start-up. GPU busy: nvidia-smi's mean utilisation (else the "
-              "networks' compute seconds over the stream)."]  # fmt: skip
+              "networks' compute seconds over the stream). A run cut at its deadline (cut) "
+              "gives the cells answered, and their rate from first to last answer."]  # fmt: skip
     lines += _time(report.get("runs", {}))
     lines += _agreement(report.get("agreement", {}))
     lines += ["", "## Stages", "", "| stage | status | s | note |", "| --- | --- | --- | --- |"]

@@ -19,7 +19,21 @@ from wsi_bench.gpu_serve.environment import Setup
 from wsi_tumor import contract
 
 Json = dict[str, Any]
-INFER_CODE = "import sys\nfrom wsi_tumor.infer import main\nsys.exit(main(sys.argv[1:]))"
+INFER_CODE = """\
+import functools, sys, time
+from wsi_tumor.client import runner
+from wsi_tumor.infer import main
+start, done, log = time.monotonic(), 0, open(sys.argv[1], "w", buffering=1)
+def progress(cells):
+    global done
+    done += cells
+    log.write(f"{time.monotonic() - start:.3f} {done}\\n")
+runner.run = functools.partial(runner.run, progress=progress)
+sys.exit(main(sys.argv[2:]))
+"""
+"""``wsi-infer`` itself (its ``main``, imported when called, picks up ``runner.run``) with the
+client's progress callback logging ``seconds cells`` per answered request to the file named
+first: a run cut at its deadline still tells how far and how fast it got."""
 SLIDE_CELLS = 1_000_000
 """Tissue cells of the projected slide (about a CAMELYON16 slide's at level 6)."""
 
@@ -34,12 +48,12 @@ def run_client(
         last lines and the slide's report (None when it did not finish).
     """
     argv = [str(slide), "--out", str(out), "--url", url, "--mode", mode, "--quiet", *options]
-    log_path = out.with_suffix(".log")
+    log_path, progress_path = out.with_suffix(".log"), out.with_suffix(".progress")
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log_path, "w") as log:
         child = subprocess.Popen(
-            [str(setup.python), "-c", INFER_CODE, *argv],
+            [str(setup.python), "-c", INFER_CODE, str(progress_path), *argv],
             env=setup.client_env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -64,8 +78,25 @@ def run_client(
         "peak_rss_mib": round(usage.ru_maxrss / 1024, 1) if usage else None,
         "log_tail": log_path.read_text(errors="replace").splitlines()[-5:],
         "report": json.loads(report_path.read_text()) if report_path.is_file() else None,
+        "progress": read_progress(progress_path),
     }
     return result
+
+
+def read_progress(path: Path) -> Json | None:
+    """Cells answered by the last logged request and the rate between the first and the last
+    answer (None before any answer; a line torn by a kill is ignored)."""
+    points = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        fields = line.split()
+        if len(fields) == 2 and fields[1].isdigit():
+            points.append((float(fields[0]), int(fields[1])))
+    if not points:
+        return None
+    (first_s, first), (last_s, cells) = points[0], points[-1]
+    rate = (cells - first) / (last_s - first_s) if last_s > first_s else None
+    return {"cells": cells, "answers": len(points), "first_answer_s": first_s,
+            "last_answer_s": last_s, "cells_per_s": rate}  # fmt: skip
 
 
 def breakdown(run: Json, server: dict[str, Json], sampled: Json) -> Json:
@@ -107,6 +138,7 @@ def breakdown(run: Json, server: dict[str, Json], sampled: Json) -> Json:
             "transport_and_client_queue": 1e3 * (per_request_client - per_request_server),
         },
         "network_compute_s": sum(m["compute_infer_s"] for m in networks),
+        "progress": run.get("progress"),
         **sampled,
     }
     if "gpu_busy_share" not in sampled and stream_s == stream_s:

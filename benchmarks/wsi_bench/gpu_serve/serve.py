@@ -15,7 +15,7 @@ from typing import Any
 
 from wsi_bench.gpu_serve.environment import Setup
 from wsi_tumor.errors import ServerError
-from wsi_tumor.serving.local_server import LocalTritonServer
+from wsi_tumor.serving.local_server import LOOPBACK, LocalTritonServer
 
 Json = dict[str, Any]
 EXPORT_CODE = "import sys\nfrom wsi_tumor.export.cli import main\nsys.exit(main(sys.argv[1:]))"
@@ -67,6 +67,31 @@ def model_stats(server: Any) -> dict[str, Json]:
     with urllib.request.urlopen(url, timeout=10) as response:
         data = json.loads(response.read())
     return {m["name"]: m for m in data.get("model_stats", [])}
+
+
+def pending_requests(server: Any) -> int:
+    """Requests Triton holds that no model instance has taken yet (its pending-request gauge)."""
+    url = f"http://{LOOPBACK}:{server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    gauge = "nv_inference_pending_request_count{"
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in lines if line.startswith(gauge))
+
+
+def wait_idle(server: Any, timeout_s: float, settle_s: float, poll_s: float = 0.5) -> Json:
+    """Wait until no request is pending and no model finished one for ``settle_s`` (longer than
+    an execution takes): the requests of a client killed mid-run are done. Whether the server
+    went idle, and the seconds waited."""
+    start = time.monotonic()
+    last, quiet_since = None, start
+    while (now := time.monotonic()) - start < timeout_s:
+        done = {name: _count(stats, "success") for name, stats in model_stats(server).items()}
+        if done != last or pending_requests(server):
+            last, quiet_since = done, now
+        elif now - quiet_since >= settle_s:
+            return {"idle": True, "waited_s": now - start}
+        time.sleep(poll_s)
+    return {"idle": False, "waited_s": time.monotonic() - start}
 
 
 def _seconds(stats: Json, key: str) -> float:

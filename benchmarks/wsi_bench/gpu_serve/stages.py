@@ -1,6 +1,7 @@
 """The check's stages, in order; each is ``(Context, deadline) -> note`` and fills the record.
 
-prerequisites -> slides -> export -> server -> dense -> exact -> agreement -> dense_nvjpeg.
+prerequisites -> slides -> export -> server -> dense -> agreement -> exact -> dense_nvjpeg (the
+agreement, which proves the maps, before the long exact pass that may be cut).
 A stage that raises is recorded as failed and the ones that need its result skip.
 """
 
@@ -150,17 +151,34 @@ def _run_mode(
         run = runs.run_client(
             setup, slide, out, server.grpc_url, mode, [*ctx.client_options, *extra], deadline
         )
-    delta = serve.stats_delta(before, serve.model_stats(server))
     result = {"exit": run["exit"], "cut": run["cut"], "log_tail": run["log_tail"]}
+    if run["cut"]:  # the server still works through the killed client's requests
+        result["drain"] = _drain(ctx, serve.stats_delta(before, serve.model_stats(server)))
+    delta = serve.stats_delta(before, serve.model_stats(server))
     if run["report"] is not None:
         result.update(runs.breakdown(run, delta, sampler.summary()))
         ctx.outputs[name] = out / f"{slide.stem}.npy"
     else:
-        network = contract.CLASSIFIER_MODEL if mode == "exact" else contract.DENSE_MODEL
-        done = delta.get(network, {}).get("inferences", 0)
-        result.update(partial_inferences=done, partial_s=run["wall_s"], server_models=delta)
+        progress = run["progress"] or {}
+        result.update(
+            partial_cells=progress.get("cells", 0),
+            partial_s=run["wall_s"],
+            partial_cells_per_s=progress.get("cells_per_s"),
+            server_models=delta,
+            client={"peak_rss_mib": run["peak_rss_mib"]},
+            **sampler.summary(),
+        )
     ctx.record.setdefault("runs", {})[name] = result
     return result
+
+
+def _drain(ctx: Context, delta: Json) -> Json:
+    """Wait (at most a quarter of the budget left) for the server to finish a cut run's requests,
+    so that they neither slow the next stage nor count in its statistics."""
+    longest = max((m["compute_infer_s"] / max(m["executions"], 1) for m in delta.values()),
+                  default=0.0)  # fmt: skip
+    _, server = ctx.ready()
+    return serve.wait_idle(server, ctx.budget.remaining() / 4, settle_s=max(2.0, 1.5 * longest))
 
 
 def stage_dense(ctx: Context, deadline: float) -> str:
@@ -187,8 +205,12 @@ def stage_dense_nvjpeg(ctx: Context, deadline: float) -> str:
 def _note(result: Json) -> str:
     """ "ok", "partial: ..." for a run cut at its deadline; a failed run raises."""
     if result["cut"]:
-        done = result.get("partial_inferences", 0)
-        return f"partial: cut after {result.get('partial_s', 0):.0f} s, {done} network inferences"
+        rate = result.get("partial_cells_per_s")
+        at_rate = f", {rate:,.0f} cells/s between the first and last answer" if rate else ""
+        drain = result.get("drain", {})
+        busy = "" if drain.get("idle") else f"; the server still busy {drain['waited_s']:.0f} s on"
+        return (f"partial: cut after {result.get('partial_s', 0):.0f} s with "
+                f"{result.get('partial_cells', 0):,} cells answered{at_rate}{busy}")  # fmt: skip
     if result["exit"] != 0 or "cells" not in result:
         raise RuntimeError(f"wsi-infer exited {result['exit']}: {' / '.join(result['log_tail'])}")
     return "ok"
@@ -229,8 +251,8 @@ STAGES: tuple[tuple[str, Stage, float], ...] = (
     ("export", stage_export, 0.10),
     ("server", stage_server, 0.12),
     ("dense", stage_dense, 0.15),
-    ("exact", stage_exact, 0.25),
     ("agreement", stage_agreement, 0.12),
+    ("exact", stage_exact, 0.25),
     ("dense_nvjpeg", stage_dense_nvjpeg, 0.10),
 )
 """(name, stage, share of the budget left when it starts, relative to the stages after it)."""
