@@ -80,7 +80,7 @@ def test_progress_log_gives_a_cut_runs_cells_and_rate(tmp_path: Path) -> None:
     path.write_text("1.500 100\n")
     assert runs.read_progress(path) == {"cells": 100, "answers": 1, "first_answer_s": 1.5,
                                         "last_answer_s": 1.5, "cells_per_s": None}  # fmt: skip
-    path.write_text("1.500 100\n2.500 300\n5.500 900\n6.1")  # the last line torn by the kill
+    path.write_text("1.500 100\n2.500 300\n5.500 900\n6.125 9")  # the last line unfinished
     found = runs.read_progress(path)
     assert found is not None and (found["cells"], found["answers"]) == (900, 3)
     assert found["cells_per_s"] == pytest.approx(800 / 4.0)  # cells after the first answer

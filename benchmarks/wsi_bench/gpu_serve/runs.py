@@ -85,12 +85,9 @@ def run_client(
 
 def read_progress(path: Path) -> Json | None:
     """Cells answered by the last logged request and the rate between the first and the last
-    answer (None before any answer; a line torn by a kill is ignored)."""
-    points = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        fields = line.split()
-        if len(fields) == 2 and fields[1].isdigit():
-            points.append((float(fields[0]), int(fields[1])))
+    answer (None before any answer; a last line the kill left unfinished is ignored)."""
+    lines = path.read_text().split("\n")[:-1] if path.is_file() else []  # whole lines only
+    points = [(float(line.split()[0]), int(line.split()[1])) for line in lines]
     if not points:
         return None
     (first_s, first), (last_s, cells) = points[0], points[-1]
