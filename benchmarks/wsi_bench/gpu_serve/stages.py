@@ -39,7 +39,7 @@ class Plan:
 
 
 FULL = Plan("full", side_for(260_000), 6)
-"""150 x 150 tiles: 282,000 nominal tissue cells; the agreement slide, 6 x 6 (~450 cells)."""
+"""152 x 152 tiles: 267,904 nominal tissue cells; the agreement slide, 6 x 6 (384 cells)."""
 TINY = Plan("tiny", 4, 0)
 """4 x 4 tiles, 192 nominal tissue cells, for every stage (the CPU's exact pass is slow)."""
 
