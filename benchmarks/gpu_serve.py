@@ -1,5 +1,5 @@
 """GPU serve check (issue 30): tritonserver with the python-torch runtime answering wsi-infer
-over gRPC on a 250,000-cell synthetic slide, dense and exact, measured; docs/gpu.md.
+over gRPC on a synthetic slide of 267,904 tissue cells, dense and exact, measured; docs/gpu.md.
 
     python3 benchmarks/gpu_serve.py --bundle .gpu-bundle --device cuda   # the GPU machine
     python benchmarks/gpu_serve.py --device cpu --tiny                   # every stage, small

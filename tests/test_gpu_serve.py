@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsi_bench.gpu_serve import environment, runs, serve
+from wsi_bench.gpu_serve import environment, runs, serve, stages
 from wsi_bench.gpu_serve.cli import main
+from wsi_bench.gpu_serve.report import render
 from wsi_bench.gpu_serve.slide import CELLS_PER_TILE, write_serve_slide
 from wsi_tumor import contract
 from wsi_tumor.slide import open_slide, tissue_mask
@@ -84,6 +85,22 @@ def test_progress_log_gives_a_cut_runs_cells_and_rate(tmp_path: Path) -> None:
     found = runs.read_progress(path)
     assert found is not None and (found["cells"], found["answers"]) == (900, 3)
     assert found["cells_per_s"] == pytest.approx(800 / 4.0)  # cells after the first answer
+
+
+def test_a_cut_run_is_a_missed_target_with_its_partial_rate() -> None:
+    cut = {"exit": -15, "cut": True, "partial_cells": 12_990, "partial_s": 66.2,
+           "partial_cells_per_s": 250.0, "drain": {"idle": False, "waited_s": 9.4},
+           "client": {"peak_rss_mib": 1128.0}}  # fmt: skip
+    note = stages._note(cut)
+    assert note.startswith("partial: cut after 66 s with 12,990 cells answered, 250 cells/s")
+    assert note.endswith("; server not idle 9 s later")
+    row = next(line for line in render({"runs": {"dense": cut}}).splitlines()
+               if line.startswith("| dense |"))  # fmt: skip
+    assert "| 12990 (cut) | 250 (cut) | - | 50,000 | no (cut) | 4,000 (stream only) |" in row
+    with pytest.raises(RuntimeError, match="before its first answer"):
+        stages._note({**cut, "partial_cells": 0, "partial_cells_per_s": None})
+    with pytest.raises(RuntimeError, match="wsi-infer exited 1"):  # ended without its slide
+        stages._note({"exit": 1, "cut": False, "log_tail": ["no tissue"]})
 
 
 def test_agreement_fails_a_moved_map() -> None:

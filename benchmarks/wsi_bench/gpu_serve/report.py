@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from wsi_bench.gpu_serve.runs import SLIDE_CELLS
 from wsi_bench.report_files import clean, fmt, write_outputs
 
 Json = dict[str, Any]
@@ -50,13 +51,16 @@ def render(report: Json) -> str:
         busy = run.get("gpu_busy_share", run.get("gpu_busy_share_from_compute"))
         projected = run.get("projected_1m_s")
         cells, stream = fmt(run.get("cells")), fmt(run.get("cells_per_s_stream"))
-        if run.get("cut"):  # how far the run got before its deadline, and how fast
+        met, projection = (fmt(rate >= TARGETS[mode]) if rate else "-"), fmt(projected)
+        if run.get("cut"):  # how far it got before its deadline, how fast: the slide missed it
+            partial = run.get("partial_cells_per_s")
             cells = f"{fmt(run.get('partial_cells'))} (cut)"
-            stream = f"{fmt(run.get('partial_cells_per_s'))} (cut)"
+            stream, met = f"{fmt(partial)} (cut)", "no (cut)"
+            projected = SLIDE_CELLS / partial if partial else None
+            projection = f"{fmt(projected)} (stream only)" if projected else "-"
         lines.append(
             f"| {name} | {cells} | {stream} | "
-            f"{fmt(rate)} | {fmt(TARGETS[mode])} | "
-            f"{fmt(rate >= TARGETS[mode]) if rate else '-'} | {fmt(projected)} | "
+            f"{fmt(rate)} | {fmt(TARGETS[mode])} | {met} | {projection} | "
             f"{fmt(MONAI_S / projected) + 'x' if projected else '-'} | {fmt(busy)} | "
             f"{fmt((run.get('client') or {}).get('peak_rss_mib'))} | "
             f"{fmt(run.get('server_peak_rss_mib'))} |"
@@ -66,7 +70,8 @@ def render(report: Json) -> str:
               "streams 1M cells at the measured rate and adds a 1M-cell slide's mask and outputs "
               "and the process start-up. GPU busy: nvidia-smi's mean utilisation (else the "
               "networks' compute seconds over the stream). A run cut at its deadline (cut) "
-              "gives the cells answered, and their rate from first to last answer."]  # fmt: skip
+              "missed its target on the slide; it gives the cells answered, their rate from the "
+              "first to the last answer and 1M cells at that rate, streaming only."]  # fmt: skip
     lines += _time(report.get("runs", {}))
     lines += _agreement(report.get("agreement", {}))
     lines += ["", "## Stages", "", "| stage | status | s | note |", "| --- | --- | --- | --- |"]

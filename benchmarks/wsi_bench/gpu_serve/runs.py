@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -49,6 +50,7 @@ def run_client(
     """
     argv = [str(slide), "--out", str(out), "--url", url, "--mode", mode, "--quiet", *options]
     log_path, progress_path = out.with_suffix(".log"), out.with_suffix(".progress")
+    shutil.rmtree(out, ignore_errors=True)  # no report of an earlier run in a reused --work
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log_path, "w") as log:
@@ -87,7 +89,11 @@ def read_progress(path: Path) -> Json | None:
     """Cells answered by the last logged request and the rate between the first and the last
     answer (None before any answer; a last line the kill left unfinished is ignored)."""
     lines = path.read_text().split("\n")[:-1] if path.is_file() else []  # whole lines only
-    points = [(float(line.split()[0]), int(line.split()[1])) for line in lines]
+    points = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 2 and fields[1].isdigit():
+            points.append((float(fields[0]), int(fields[1])))
     if not points:
         return None
     (first_s, first), (last_s, cells) = points[0], points[-1]

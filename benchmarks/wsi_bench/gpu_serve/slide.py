@@ -2,7 +2,7 @@
 
 Level 0 repeats a few dozen distinct 256 px tissue tiles (cut from
 :func:`wsi_bench.jpeg_slide.synthetic_he`, each encoded once) and one glass tile, so a slide
-of 250,000 tissue cells (38,400 px a side, about 0.4 GB) is written in seconds while every
+of 267,904 nominal tissue cells (38,912 px a side, about 0.36 GB) is written in seconds while every
 tile the client reads is a real JPEG decode. The second page, at downsample 64, is each
 level-0 tile's 4 x 4 block mean: the level the client's tissue mask reads, consistent with
 level 0 by construction.

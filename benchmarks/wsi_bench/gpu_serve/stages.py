@@ -151,34 +151,38 @@ def _run_mode(
         run = runs.run_client(
             setup, slide, out, server.grpc_url, mode, [*ctx.client_options, *extra], deadline
         )
-    result = {"exit": run["exit"], "cut": run["cut"], "log_tail": run["log_tail"]}
-    if run["cut"]:  # the server still works through the killed client's requests
-        result["drain"] = _drain(ctx, serve.stats_delta(before, serve.model_stats(server)))
-    delta = serve.stats_delta(before, serve.model_stats(server))
+    cut = run["cut"] and run["report"] is None  # a slide finished at the deadline is whole
+    result: Json = {"exit": run["exit"], "cut": cut, "log_tail": run["log_tail"]}
+    ctx.record.setdefault("runs", {})[name] = result  # kept if the server fails from here on
     if run["report"] is not None:
+        delta = serve.stats_delta(before, serve.model_stats(server))
         result.update(runs.breakdown(run, delta, sampler.summary()))
         ctx.outputs[name] = out / f"{slide.stem}.npy"
-    else:
-        progress = run["progress"] or {}
-        result.update(
-            partial_cells=progress.get("cells", 0),
-            partial_s=run["wall_s"],
-            partial_cells_per_s=progress.get("cells_per_s"),
-            server_models=delta,
-            client={"peak_rss_mib": run["peak_rss_mib"]},
-            **sampler.summary(),
-        )
-    ctx.record.setdefault("runs", {})[name] = result
+        return result
+    if not cut:  # it ended by itself without its slide: _note says why
+        return result
+    progress = run["progress"] or {}
+    result.update(
+        partial_cells=progress.get("cells", 0),
+        partial_s=run["wall_s"],
+        partial_cells_per_s=progress.get("cells_per_s"),
+        client={"peak_rss_mib": run["peak_rss_mib"]},
+        **sampler.summary(),
+    )
+    # the server still works through the killed client's requests: let it finish them
+    result["drain"] = _drain(ctx, serve.stats_delta(before, serve.model_stats(server)))
+    result["server_models"] = serve.stats_delta(before, serve.model_stats(server))
     return result
 
 
 def _drain(ctx: Context, delta: Json) -> Json:
     """Wait (at most a quarter of the budget left) for the server to finish a cut run's requests,
     so that they neither slow the next stage nor count in its statistics."""
-    longest = max((m["compute_infer_s"] / max(m["executions"], 1) for m in delta.values()),
-                  default=0.0)  # fmt: skip
+    per_execution = max((m["compute_infer_s"] / max(m["executions"], 1) for m in delta.values()),
+                        default=0.0)  # fmt: skip
     _, server = ctx.ready()
-    return serve.wait_idle(server, ctx.budget.remaining() / 4, settle_s=max(2.0, 1.5 * longest))
+    timeout_s, settle_s = ctx.budget.remaining() / 4, max(2.0, 1.5 * per_execution)
+    return serve.wait_idle(server, timeout_s, settle_s)
 
 
 def stage_dense(ctx: Context, deadline: float) -> str:
@@ -189,6 +193,8 @@ def stage_dense(ctx: Context, deadline: float) -> str:
 
 def stage_exact(ctx: Context, deadline: float) -> str:
     """``wsi-infer --mode exact`` (the ensemble) on the big slide."""
+    if "exact" in ctx.outputs:
+        return "ok: run by the agreement stage (the plan's slides are one)"
     result = _run_mode(ctx, "exact", "exact", ctx.slides["big"], deadline, [])
     return _note(result)
 
@@ -205,13 +211,15 @@ def stage_dense_nvjpeg(ctx: Context, deadline: float) -> str:
 def _note(result: Json) -> str:
     """ "ok", "partial: ..." for a run cut at its deadline; a failed run raises."""
     if result["cut"]:
-        rate = result.get("partial_cells_per_s")
+        seconds, cells = result["partial_s"], result["partial_cells"]
+        if not cells:
+            raise RuntimeError(f"cut after {seconds:.0f} s before its first answer")
+        rate = result["partial_cells_per_s"]
         at_rate = f", {rate:,.0f} cells/s between the first and last answer" if rate else ""
-        drain = result.get("drain", {})
-        busy = "" if drain.get("idle") else f"; the server still busy {drain['waited_s']:.0f} s on"
-        return (f"partial: cut after {result.get('partial_s', 0):.0f} s with "
-                f"{result.get('partial_cells', 0):,} cells answered{at_rate}{busy}")  # fmt: skip
-    if result["exit"] != 0 or "cells" not in result:
+        drain = result["drain"]
+        busy = "" if drain["idle"] else f"; server not idle {drain['waited_s']:.0f} s later"
+        return f"partial: cut after {seconds:.0f} s with {cells:,} cells answered{at_rate}{busy}"
+    if "cells" not in result:  # no slide report
         raise RuntimeError(f"wsi-infer exited {result['exit']}: {' / '.join(result['log_tail'])}")
     return "ok"
 
@@ -226,7 +234,8 @@ def stage_agreement(ctx: Context, deadline: float) -> str:
         if small == ctx.slides["big"] and mode in ctx.outputs:
             served[mode] = ctx.outputs[mode]
             continue
-        name = f"agreement_{mode}"
+        # one slide (the tiny plan): the run is the mode's own, and its stage reuses it
+        name = mode if small == ctx.slides["big"] else f"agreement_{mode}"
         _run_mode(ctx, name, mode, small, deadline, [])
         if name not in ctx.outputs:
             raise RuntimeError(f"no {mode} map of the agreement slide")
