@@ -14,8 +14,10 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
+from wsi_bench import machine
 from wsi_bench.budget import Budget, Watchdog, run_stage
 from wsi_bench.gpu_serve import stages
 from wsi_bench.gpu_serve.report import REPORT_MD, write_report
@@ -67,7 +69,7 @@ def _environment(cuda: bool) -> dict[str, object]:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "cpu_count": stages.cpu_count(),
-        "device_name": platform.processor() or platform.machine(),
+        "device_name": machine.cpu_model(),
     }
     if cuda:
         env["device_name"] = torch.cuda.get_device_name(0)
@@ -91,6 +93,7 @@ def run(
     config: dict[str, object] = {"plan": plan.name, "device": "cuda" if cuda else "cpu"}
     config.update(budget_s=budget.total_s, bundle=args.bundle, client_options=options)
     record: dict[str, object] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": {**config, "argv": list(argv)},
         "environment": _environment(cuda),
         "stages": {},

@@ -35,6 +35,9 @@ def render(report: Json) -> str:
         f"{fmt(config.get('budget_s'))} s budget | "
         f"**{'PASS' if report.get('passed') else 'FAIL'}**",
         "",
+        f"{report.get('date')}: `python benchmarks/gpu_serve.py "
+        f"{' '.join(config.get('argv') or [])}`",
+        "",
         "tritonserver 2.51 (Python backend, runtime `python-torch`, "
         f"{'FP16 channels-last on KIND_GPU' if config.get('device') == 'cuda' else 'FP32 on CPU'}"
         f" instances) answering `wsi-infer` over gRPC on loopback; model: {report.get('model')}.",
