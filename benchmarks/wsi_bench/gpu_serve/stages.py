@@ -154,9 +154,12 @@ def _run_mode(
     cut = run["cut"] and run["report"] is None  # a slide finished at the deadline is whole
     result: Json = {"exit": run["exit"], "cut": cut, "log_tail": run["log_tail"]}
     ctx.record.setdefault("runs", {})[name] = result  # kept if the server fails from here on
+
+    def since_start() -> Json:  # what each model did since the run began
+        return serve.stats_delta(before, serve.model_stats(server))
+
     if run["report"] is not None:
-        delta = serve.stats_delta(before, serve.model_stats(server))
-        result.update(runs.breakdown(run, delta, sampler.summary()))
+        result.update(runs.breakdown(run, since_start(), sampler.summary()))
         ctx.outputs[name] = out / f"{slide.stem}.npy"
         return result
     if not cut:  # it ended by itself without its slide: _note says why
@@ -170,8 +173,8 @@ def _run_mode(
         **sampler.summary(),
     )
     # the server still works through the killed client's requests: let it finish them
-    result["drain"] = _drain(ctx, serve.stats_delta(before, serve.model_stats(server)))
-    result["server_models"] = serve.stats_delta(before, serve.model_stats(server))
+    result["drain"] = _drain(ctx, since_start())
+    result["server_models"] = since_start()  # the drained requests included
     return result
 
 
